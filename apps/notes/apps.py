@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class NotesConfig(AppConfig):
+    """Example tenant module: every sub-application gets its own notes."""
+
+    name = "apps.notes"
+    label = "notes"
+    verbose_name = "Notes"

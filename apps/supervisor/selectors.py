@@ -1,0 +1,129 @@
+"""Reads of the control plane. Query counts here must not grow with the number of rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+
+from apps.adapters.base import AppRoute, DeploymentRoute
+from apps.runtime.spec import AppSpec, DbServer, DbSpec
+from apps.supervisor.models import Application, DbType, Deployment, Environment, StatusChange
+from apps.supervisor.statuses import display_status, environment_liveness
+
+
+def environment_state(environment: Environment, now: datetime | None = None) -> str:
+    return environment_liveness(
+        status=environment.status,
+        last_heartbeat_at=environment.last_heartbeat_at,
+        interval=environment.heartbeat_interval,
+        grace=settings.HEARTBEAT_GRACE,
+        now=now or timezone.now(),
+    )
+
+
+def deployment_status(deployment: Deployment, now: datetime | None = None) -> str:
+    """The one place an app's display status on an environment is derived."""
+    return display_status(
+        status=deployment.status,
+        command_id=deployment.command_id,
+        reported_command_id=deployment.reported_command_id,
+        liveness=environment_state(deployment.environment, now),
+    )
+
+
+def _deployments_prefetch() -> Prefetch:
+    return Prefetch(
+        "deployments",
+        queryset=Deployment.objects.select_related("environment").order_by(
+            "position", "environment__name"
+        ),
+    )
+
+
+def application_list_with_status() -> QuerySet[Application]:
+    return Application.objects.prefetch_related(_deployments_prefetch())
+
+
+def application_statuses(application: Application, now: datetime | None = None) -> dict[str, str]:
+    """{environment name: display status}, in start-queue order."""
+    now = now or timezone.now()
+    return {d.environment.name: deployment_status(d, now) for d in application.deployments.all()}
+
+
+def default_db_server() -> DbServer | None:
+    """The PostgreSQL server the supervisor itself uses, if it uses one."""
+    current = connections["default"].settings_dict
+    if not current["ENGINE"].endswith("postgresql"):
+        return None
+    return DbServer(
+        host=current.get("HOST") or "127.0.0.1",
+        port=int(current.get("PORT") or 5432),
+        user=current.get("USER") or "postgres",
+        password=current.get("PASSWORD") or "",
+    )
+
+
+def application_spec(application: Application) -> AppSpec:
+    """Resolve an application's configuration into what the runtime needs."""
+    name = application.name
+    if application.db_type == DbType.SQLITE:
+        db = DbSpec(type="sqlite", name=str(settings.APP_SQLITE_DIR / f"{name}.sqlite3"))
+    else:
+        if application.db_host:
+            server = DbServer(
+                host=application.db_host,
+                port=application.db_port or 5432,
+                user=application.db_user or "postgres",
+                password=application.db_password,
+            )
+        else:
+            server = default_db_server()
+        if application.db_type == DbType.NEW_DATABASE:
+            db = DbSpec(type="new_database", name=settings.APP_DB_PREFIX + name, server=server)
+        else:
+            db = DbSpec(
+                type="new_schema",
+                name=application.db_database or settings.APP_SCHEMA_DATABASE,
+                schema=settings.APP_DB_PREFIX + name,
+                server=server,
+            )
+    return AppSpec(name=name, title=application.title, db=db, options=dict(application.options))
+
+
+def application_route(*, name: str | None = None, custom_domain: str | None = None):
+    query = application_list_with_status()
+    query = (
+        query.filter(name=name) if name is not None else query.filter(custom_domain=custom_domain)
+    )
+    application = query.first()
+    if application is None:
+        return None
+    now = timezone.now()
+    return AppRoute(
+        spec=application_spec(application),
+        start_mode=application.start_mode,
+        deployments=tuple(
+            DeploymentRoute(
+                environment=d.environment.name,
+                desired=d.desired,
+                status=deployment_status(d, now),
+                error=d.error,
+                never_commanded=d.command_id is None,
+            )
+            for d in application.deployments.all()
+        ),
+    )
+
+
+def application_history(application: Application) -> QuerySet[StatusChange]:
+    return StatusChange.objects.filter(deployment__application=application).select_related(
+        "deployment__environment"
+    )
+
+
+def environment_list() -> QuerySet[Environment]:
+    return Environment.objects.all()

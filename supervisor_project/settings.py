@@ -1,0 +1,267 @@
+"""App Supervisor settings: one module, driven by environment variables.
+
+Names follow the seed (APP_MODE, APP_*_ADAPTER, ENVIRONMENT_*, DB_*, HEARTBEAT_INTERVAL).
+Bad values do not raise here: they are collected in envconfig.PROBLEMS and reported by the
+system checks in apps/supervisor/checks.py, which stop start-up with one line each.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from supervisor_project.envconfig import (
+    PROBLEMS,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    http_url_problem,
+    read_env_file,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+if env_str("ENV_FILE"):
+    read_env_file(env_str("ENV_FILE"))
+
+STORAGE_DIR = Path(env_str("STORAGE_DIR") or BASE_DIR / "storage").resolve()
+
+# --- Mode and adapters -------------------------------------------------------------------
+MODES = ("local", "supervisor", "worker")
+APP_MODE = env_choice("APP_MODE", MODES, "local", "supervisor.E001")
+
+# What each mode uses when an adapter is not named explicitly.
+_ADAPTER_DEFAULTS = {
+    "local": {"discovery": "local", "process": "local", "command": "local"},
+    "supervisor": {"discovery": "remote", "process": "remote", "command": "redis"},
+    "worker": {"discovery": "remote", "process": "local", "command": "redis"},
+}.get(APP_MODE, {"discovery": "local", "process": "local", "command": "local"})
+
+APP_DISCOVERY_ADAPTER = env_choice(
+    "APP_DISCOVERY_ADAPTER", ("local", "remote"), _ADAPTER_DEFAULTS["discovery"], "supervisor.E002"
+)
+APP_PROCESS_ADAPTER = env_choice(
+    "APP_PROCESS_ADAPTER", ("local", "remote"), _ADAPTER_DEFAULTS["process"], "supervisor.E002"
+)
+
+# The seed's page misspells the variable as APP_COMMAND_ADPATER; accept it, loudly.
+_command_correct = env_str("APP_COMMAND_ADAPTER")
+_command_misspelled = env_str("APP_COMMAND_ADPATER")
+if _command_misspelled:
+    if _command_correct and _command_correct.lower() != _command_misspelled.lower():
+        PROBLEMS.error(
+            "supervisor.E002",
+            f"APP_COMMAND_ADAPTER={_command_correct!r} and the misspelled APP_COMMAND_ADPATER="
+            f"{_command_misspelled!r} disagree; set only APP_COMMAND_ADAPTER.",
+        )
+    else:
+        PROBLEMS.warn(
+            "supervisor.W001",
+            "APP_COMMAND_ADPATER is misspelled; it is accepted, but rename it to "
+            "APP_COMMAND_ADAPTER.",
+        )
+        os.environ.setdefault("APP_COMMAND_ADAPTER", _command_misspelled)
+APP_COMMAND_ADAPTER = env_choice(
+    "APP_COMMAND_ADAPTER", ("local", "redis"), _ADAPTER_DEFAULTS["command"], "supervisor.E002"
+)
+
+APP_SUPERVISOR_REDIS_URL = env_str("APP_SUPERVISOR_REDIS_URL")
+APP_COMMAND_REDIS_URL = env_str("APP_COMMAND_REDIS_URL")
+
+ENVIRONMENT_NAME = env_str("ENVIRONMENT_NAME", "local" if APP_MODE == "local" else "")
+ENVIRONMENT_URL = env_str("ENVIRONMENT_URL")
+ENVIRONMENT_PROXY_URL = env_str("ENVIRONMENT_PROXY_URL") or ENVIRONMENT_URL
+for _name, _value in (
+    ("ENVIRONMENT_URL", ENVIRONMENT_URL),
+    ("ENVIRONMENT_PROXY_URL", env_str("ENVIRONMENT_PROXY_URL")),
+):
+    if _value and (problem := http_url_problem(_value)):
+        PROBLEMS.error("supervisor.E005", f"{_name}={_value!r} {problem}.")
+
+HEARTBEAT_INTERVAL = env_int("HEARTBEAT_INTERVAL", 120, minimum=1, maximum=86400)
+# How late a beat may be before the environment counts as stale (seconds, receiver's clock).
+HEARTBEAT_GRACE = env_int("HEARTBEAT_GRACE", 30, minimum=0, maximum=86400)
+
+# --- Core Django -------------------------------------------------------------------------
+DEBUG = env_bool("DEBUG", False)
+
+
+def _local_secret_key() -> str:
+    """Local mode keeps a generated key under storage/ so sessions survive restarts."""
+    path = STORAGE_DIR / "secret_key"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        STORAGE_DIR.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(key)
+        return key
+
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if APP_MODE == "local":
+        SECRET_KEY = _local_secret_key()
+    else:
+        PROBLEMS.error("supervisor.E009", f"SECRET_KEY must be set when APP_MODE={APP_MODE}.")
+        SECRET_KEY = "unset-" + secrets.token_urlsafe(32)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Apps every sub-application database gets, besides TENANT_APPS.
+TENANT_SHARED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+]
+# The modules a sub-application is made of (as in django-tenants). Their tables live only in
+# each app's own database, never in the supervisor's.
+TENANT_APPS = env_list("TENANT_APPS", ["apps.notes"])
+
+INSTALLED_APPS = [
+    *TENANT_SHARED_APPS,
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "apps.supervisor",
+    "apps.runtime",
+    "apps.gateway",
+    *TENANT_APPS,
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Before everything that reads cookies, sessions or the path: it picks the sub-app.
+    "apps.gateway.middleware.AppGatewayMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "supervisor_project.urls"
+TENANT_URLCONF = "apps.runtime.tenant_urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "supervisor_project.asgi.application"
+
+# --- Databases ---------------------------------------------------------------------------
+DB_DIALECT = env_choice(
+    "DB_DIALECT", ("sqlite", "postgres", "postgresql"), "sqlite", "supervisor.E007"
+)
+if DB_DIALECT == "postgresql":
+    DB_DIALECT = "postgres"
+
+if DB_DIALECT == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": env_str("DB_HOST", "127.0.0.1"),
+            "PORT": str(env_int("DB_PORT", 5432, minimum=1, maximum=65535)),
+            "NAME": env_str("DB_DATABASE", "supervisor"),
+            "USER": env_str("DB_USER", "postgres"),
+            "PASSWORD": env_str("DB_PASSWORD"),
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 0, maximum=3600),
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("DB_DATABASE") or str(STORAGE_DIR / "supervisor.sqlite3"),
+            # WAL + a busy timeout: the server and a CLI in a second shell share the file.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+DATABASE_ROUTERS = ["apps.runtime.routing.AppDatabaseRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Sub-application databases.
+APP_DB_PREFIX = env_str("APP_DB_PREFIX", "app_")
+# The PostgreSQL database that holds the schemas of `new_schema` apps (created on demand).
+APP_SCHEMA_DATABASE = env_str("APP_SCHEMA_DATABASE", "supervisor_apps")
+APP_SQLITE_DIR = STORAGE_DIR / "apps"
+# Seconds a process trusts what it knows of an app's route before it asks again.
+APP_ROUTE_CACHE_SECONDS = env_float("APP_ROUTE_CACHE_SECONDS", 1.0, maximum=60)
+# How long a request to an "on first visit" app waits for its start before a 503 "starting".
+APP_LAZY_START_WAIT = env_float("APP_LAZY_START_WAIT", 3.0, maximum=60)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Messages kept in the session: a cookie store would need renaming per sub-app.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TZ", "UTC") or "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Relative, so a sub-app's pages link to /apps/<name>/static/... (the gateway rewrites the
+# path before WhiteNoise looks it up) and work unchanged through the proxy.
+STATIC_URL = "static/"
+STATIC_ROOT = STORAGE_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Celery (multi-environment transport; unused in local mode) --------------------------
+CELERY_BROKER_URL = APP_COMMAND_REDIS_URL or "memory://"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("APP_COMMAND_SOFT_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("APP_COMMAND_TIME_LIMIT", 360, minimum=1)
+CELERY_TASK_IGNORE_RESULT = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice(
+            "LOG_LEVEL", ("debug", "info", "warning", "error"), "info", "supervisor.E006"
+        ).upper(),
+    },
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
