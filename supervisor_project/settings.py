@@ -231,10 +231,11 @@ TIME_ZONE = env_str("TZ", "UTC") or "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# Relative, so a sub-app's pages link to /apps/<name>/static/... (the gateway rewrites the
-# path before WhiteNoise looks it up) and work unchanged through the proxy.
-STATIC_URL = "static/"
+# Absolute: Django caches STATIC_URL on first use, so it cannot follow each app's prefix.
+# Every sub-app runs this codebase, so /static/ serves the same files for all of them.
+STATIC_URL = "/static/"
 STATIC_ROOT = STORAGE_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing root
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

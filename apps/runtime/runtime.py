@@ -21,7 +21,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 
 from apps.runtime import provision
-from apps.runtime.routing import using_app
+from apps.runtime.routing import APP_ALIAS_PREFIX, using_app
 from apps.runtime.spec import AppSpec
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,11 @@ def register_alias(spec: AppSpec) -> str:
     wanted = provision.django_settings(spec)
     with _alias_lock:
         current = connections.settings.get(alias)
-        if current is not None and all(current.get(k) == v for k, v in wanted.items()):
+        if current is not None:
             return alias
         full = connections.configure_settings(
             {DEFAULT_DB_ALIAS: connections.settings[DEFAULT_DB_ALIAS], alias: wanted}
         )[alias]
-        if current is not None:
-            # The app's database moved: drop this thread's stale connection.
-            connections[alias].close()
         connections.settings[alias] = full
         settings.DATABASES[alias] = full
     return alias
@@ -160,6 +157,19 @@ def stop(name: str) -> None:
         spec = _served.pop(name, None)
     if spec is not None and spec.alias in connections.settings:
         connections[spec.alias].close()
+
+
+def stop_all() -> None:
+    """Stop serving every app and forget their database aliases (server shutdown)."""
+    with _served_lock:
+        _served.clear()
+    with _alias_lock:
+        for alias in [a for a in connections.settings if a.startswith(APP_ALIAS_PREFIX)]:
+            connections[alias].close()
+            del connections.settings[alias]
+            if hasattr(connections._connections, alias):
+                delattr(connections._connections, alias)
+            settings.DATABASES.pop(alias, None)
 
 
 def remove(spec: AppSpec, *, drop_database: bool) -> None:

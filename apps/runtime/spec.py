@@ -6,6 +6,8 @@ provisions, installs, upgrades and serves from it alone.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -82,8 +84,13 @@ class AppSpec:
 
     @property
     def alias(self) -> str:
-        """The Django database alias this app's connections use in every process."""
-        return f"app__{self.name}"
+        """The Django database alias of this app's database.
+
+        It names the database settings too, so an app deleted and re-created with the same
+        name but another database can never reuse a stale per-thread connection to the old one.
+        """
+        digest = hashlib.sha256(json.dumps(asdict(self.db), sort_keys=True).encode()).hexdigest()
+        return f"app__{self.name}__{digest[:10]}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

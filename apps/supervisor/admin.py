@@ -204,28 +204,39 @@ class ApplicationAdmin(admin.ModelAdmin):
         )
 
     # --- saving through services --------------------------------------------------------
+    # Fields of the create form that application_create takes as they are.
+    CREATE_FIELDS = (
+        "name",
+        "title",
+        "icon",
+        "pinned",
+        "custom_domain",
+        "start_mode",
+        "db_type",
+        "db_host",
+        "db_port",
+        "db_user",
+        "db_password",
+        "db_database",
+        "options",
+    )
+
     def save_model(self, request, obj, form, change):
-        environments = list(form.cleaned_data["run_on"])
         if change:
             obj.save()
-        else:
-            obj.pk = None
-            created = services.application_create(
-                **{
-                    f: form.cleaned_data.get(f)
-                    for f in form.Meta.fields
-                    if f not in ("pinned", "db_port", "options")
-                },
-                pinned=form.cleaned_data.get("pinned", False),
-                db_port=form.cleaned_data.get("db_port"),
-                options=form.cleaned_data.get("options") or {},
-                environments=[e.name for e in environments],
-            )
-            obj.pk = created.pk
-            obj._state.adding = False
-            obj._state.db = "default"
+            return
+        created = services.application_create(
+            **{f: form.cleaned_data[f] for f in self.CREATE_FIELDS if f in form.cleaned_data},
+            environments=[e.name for e in form.cleaned_data["run_on"]],
+        )
+        # The admin goes on with `obj` (log entry, redirect): make it the stored row.
+        obj.pk = created.pk
+        obj._state.adding = False
+        obj._state.db = created._state.db
 
     def save_related(self, request, form, formsets, change):
+        if not change:
+            return  # application_create placed it already
         environments = list(form.cleaned_data["run_on"])
         try:
             with transaction.atomic():

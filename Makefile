@@ -1,0 +1,52 @@
+# App Supervisor. Two set-up commands for a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTHON ?= python3
+
+.PHONY: run test test-sqlite test-postgres lint format clean
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+## make run: local mode (one process, SQLite under storage/), with a running `demo` app.
+run: $(VENV)/.installed
+	$(PY) manage.py check --fail-level ERROR
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py bootstrap_local
+	@echo "Supervisor UI: http://$(HOST):$(PORT)/admin/   Demo app: http://$(HOST):$(PORT)/apps/demo/admin/"
+	$(VENV)/bin/uvicorn supervisor_project.asgi:application --host $(HOST) --port $(PORT) \
+		--lifespan on --no-server-header
+
+## make test: the whole suite, on SQLite and on PostgreSQL.
+test: $(VENV)/.installed
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: $(VENV)/.installed
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "== tests on SQLite =="; \
+	env -u DB_HOST -u DB_PORT -u DB_DATABASE DB_DIALECT=sqlite STORAGE_DIR="$$tmp" \
+		$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-postgres: $(VENV)/.installed
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "== tests on PostgreSQL =="; \
+	DB_DIALECT=postgres DB_HOST=$${DB_HOST:-127.0.0.1} DB_PORT=$${DB_PORT:-5432} \
+		DB_USER=$${DB_USER:-postgres} DB_DATABASE=$${DB_DATABASE:-supervisor} STORAGE_DIR="$$tmp" \
+		$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) storage/*.sqlite3* storage/apps storage/static
