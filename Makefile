@@ -8,9 +8,9 @@ PYTHON ?= python3
 
 .PHONY: run test test-sqlite test-postgres lint format clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
 ## make run: local mode (one process, SQLite under storage/), with a running `demo` app.

@@ -58,7 +58,8 @@ def env_str(name: str, default: str = "") -> str:
 
 
 def env_choice(name: str, choices: Iterable[str], default: str, check_id: str) -> str:
-    value = env_str(name, default).lower()
+    # Set but empty (compose's `KEY=`, an unset ${VAR}) means "not set", as for numbers.
+    value = (env_str(name) or default).lower()
     allowed = sorted(choices)
     if value not in allowed:
         PROBLEMS.error(

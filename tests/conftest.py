@@ -78,6 +78,8 @@ def django_db_modify_db_settings(request, django_db_modify_db_settings_parallel_
         current.update(
             HOST=server.host, PORT=str(server.port), USER=server.user, PASSWORD=server.password
         )
+        # Per run, so two suites on one machine (a developer and CI) never drop each other's.
+        current.setdefault("TEST", {})["NAME"] = f"test_{RUN_ID}_supervisor"
 
 
 @pytest.fixture(scope="session", autouse=True)
