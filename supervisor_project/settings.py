@@ -106,8 +106,8 @@ def _local_secret_key() -> str:
 
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if APP_MODE == "local":
-        SECRET_KEY = _local_secret_key()
+    if APP_MODE not in ("supervisor", "worker"):
+        SECRET_KEY = _local_secret_key()  # local, or an unknown mode that E001 reports
     else:
         PROBLEMS.error("supervisor.E009", f"SECRET_KEY must be set when APP_MODE={APP_MODE}.")
         SECRET_KEY = "unset-" + secrets.token_urlsafe(32)

@@ -73,6 +73,12 @@ def django_db_modify_db_settings(request, django_db_modify_db_settings_parallel_
     from django.db import connections
 
     current = connections.settings["default"]
+    if current["ENGINE"].endswith("sqlite3"):
+        # A file with WAL, as in production: the in-memory shared-cache database Django uses
+        # by default takes table locks that ignore the busy timeout, so the background start
+        # threads and the test thread would fail with "table is locked".
+        folder = Path(tempfile.mkdtemp(prefix="appsup-testdb-"))
+        current.setdefault("TEST", {})["NAME"] = str(folder / "supervisor.sqlite3")
     if current["ENGINE"].endswith("postgresql"):
         server = request.getfixturevalue("pg_server")
         current.update(

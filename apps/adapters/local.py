@@ -64,8 +64,18 @@ def background(fn, /, *args, **kwargs) -> None:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="app-commands")
-    future = _executor.submit(fn, *args, **kwargs)
+    future = _executor.submit(_closing_connections, fn, *args, **kwargs)
     future.add_done_callback(_log_failure)
+
+
+def _closing_connections(fn, /, *args, **kwargs):
+    """An idle pool thread must not hold database connections (nor block a DROP DATABASE)."""
+    from django.db import connections
+
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connections.close_all()
 
 
 def _log_failure(future) -> None:

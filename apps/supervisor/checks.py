@@ -42,8 +42,12 @@ def check_settings(app_configs=None, **kwargs):
         "process": settings.APP_PROCESS_ADAPTER,
         "command": settings.APP_COMMAND_ADAPTER,
     }
+    known = {"discovery": {"local", "remote"}, "process": {"local", "remote"},
+             "command": {"local", "redis"}}  # fmt: skip
     for kind, value in chosen.items():
         variable = f"APP_{kind.upper()}_ADAPTER"
+        if value not in known[kind]:
+            continue  # E002 already says why
         if value not in _VALID[mode][kind]:
             allowed = ", ".join(sorted(_VALID[mode][kind]))
             messages.append(

@@ -117,18 +117,33 @@ class Application(models.Model):
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
+        self.title = (self.title or "").strip()
+        if not self.title:
+            errors["title"] = "A title is required."
+        # JSONField skips validators for "empty" values such as [] or "": check here too.
+        try:
+            validators.validate_options(self.options)
+        except ValidationError as exc:
+            errors["options"] = exc.messages[0]
         postgres_default = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
         if self.db_type != DbType.SQLITE and not (self.db_host or postgres_default):
             errors["db_type"] = (
                 f"{self.get_db_type_display()} needs a PostgreSQL server: give a database host, "
                 "or run the supervisor on PostgreSQL (DB_DIALECT=postgres)."
             )
-        if self.db_type == DbType.SQLITE and (self.db_host or self.db_user or self.db_port):
+        server_fields = self.db_user or self.db_port or self.db_password
+        if self.db_type == DbType.SQLITE and (self.db_host or server_fields):
             errors["db_host"] = "A SQLite app takes no database server."
+        elif not self.db_host and server_fields:
+            errors["db_host"] = (
+                "Database user, port and password belong to a separate server: give its host."
+            )
         if self.db_database and self.db_type != DbType.NEW_SCHEMA:
             errors["db_database"] = "Only a new_schema app names the database holding it."
         if self.db_database and not validators.ENV_NAME_RE.fullmatch(self.db_database):
             errors["db_database"] = "Use lower-case letters, digits and _, starting with a letter."
+        elif self.db_database in validators.RESERVED_DATABASES:
+            errors["db_database"] = f"'{self.db_database}' is PostgreSQL's own database."
         if self.db_port is not None and not 1 <= self.db_port <= 65535:
             errors["db_port"] = "Enter a port between 1 and 65535."
         if self.custom_domain == "":

@@ -96,8 +96,10 @@ def application_create(
     )
     application.full_clean()
     if environments is None:
-        environment_ensure_local()
         environments = [settings.ENVIRONMENT_NAME]
+    environments = list(environments)
+    if settings.ENVIRONMENT_NAME and settings.ENVIRONMENT_NAME in environments:
+        environment_ensure_local()
     targets = _environments_by_name(environments)
     application.save()
     application_set_environments(application=application, environments=targets)

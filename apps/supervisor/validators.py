@@ -22,7 +22,7 @@ OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "admin_username": {"type": "string", "pattern": r"^[\w.@+-]{1,150}$"},
+        "admin_username": {"type": "string", "pattern": r"^[\w.@+-]{1,150}\Z"},
         "admin_password": {"type": "string", "minLength": 10, "maxLength": 128},
         "admin_email": {"type": "string", "maxLength": 254, "format": "email"},
         "description": {"type": "string", "maxLength": 2000},
@@ -61,6 +61,11 @@ def validate_hostname(value: str) -> None:
 def validate_db_host(value: str) -> None:
     if value and not DB_HOST_RE.fullmatch(value):
         raise ValidationError("enter a host name or IP address", code="invalid_db_host")
+
+
+# PostgreSQL's own databases: a schema there would leak into every new database (templates)
+# or into the server's maintenance database.
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 
 
 def validate_options(value: Any) -> None:
