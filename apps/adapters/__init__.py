@@ -10,30 +10,27 @@ from django.core.exceptions import ImproperlyConfigured
 from apps.adapters.base import DiscoveryAdapter, ProcessAdapter
 
 
+def _pick(setting: str, choices: dict):
+    name = getattr(settings, setting)
+    try:
+        return choices[name]()
+    except KeyError:
+        # The system checks refuse this at start-up; reaching it means they were skipped.
+        raise ImproperlyConfigured(f"{setting}={name!r} is not available") from None
+
+
 @cache
 def discovery() -> DiscoveryAdapter:
     from apps.adapters import local
 
-    adapters = {"local": local.LocalDiscoveryAdapter}
-    try:
-        return adapters[settings.APP_DISCOVERY_ADAPTER]()
-    except KeyError:
-        raise ImproperlyConfigured(
-            f"APP_DISCOVERY_ADAPTER={settings.APP_DISCOVERY_ADAPTER!r} is not available"
-        ) from None
+    return _pick("APP_DISCOVERY_ADAPTER", {"local": local.LocalDiscoveryAdapter})
 
 
 @cache
 def process() -> ProcessAdapter:
     from apps.adapters import local
 
-    adapters = {"local": local.LocalProcessAdapter}
-    try:
-        return adapters[settings.APP_PROCESS_ADAPTER]()
-    except KeyError:
-        raise ImproperlyConfigured(
-            f"APP_PROCESS_ADAPTER={settings.APP_PROCESS_ADAPTER!r} is not available"
-        ) from None
+    return _pick("APP_PROCESS_ADAPTER", {"local": local.LocalProcessAdapter})
 
 
 def background(fn, /, *args, **kwargs) -> None:

@@ -204,29 +204,13 @@ class ApplicationAdmin(admin.ModelAdmin):
         )
 
     # --- saving through services --------------------------------------------------------
-    # Fields of the create form that application_create takes as they are.
-    CREATE_FIELDS = (
-        "name",
-        "title",
-        "icon",
-        "pinned",
-        "custom_domain",
-        "start_mode",
-        "db_type",
-        "db_host",
-        "db_port",
-        "db_user",
-        "db_password",
-        "db_database",
-        "options",
-    )
-
     def save_model(self, request, obj, form, change):
         if change:
             obj.save()
             return
         created = services.application_create(
-            **{f: form.cleaned_data[f] for f in self.CREATE_FIELDS if f in form.cleaned_data},
+            # The model fields of the form are exactly application_create's keywords.
+            **{f: form.cleaned_data[f] for f in ApplicationForm.Meta.fields},
             environments=[e.name for e in form.cleaned_data["run_on"]],
         )
         # The admin goes on with `obj` (log entry, redirect): make it the stored row.
