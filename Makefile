@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTHON ?= python3
 
-.PHONY: run test test-sqlite test-postgres lint format clean
+.PHONY: run test test-sqlite test-postgres lint format clean cluster
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(VENV)/.installed
 	@echo "Supervisor UI: http://$(HOST):$(PORT)/admin/   Demo app: http://$(HOST):$(PORT)/apps/demo/admin/"
 	$(VENV)/bin/uvicorn supervisor_project.asgi:application --host $(HOST) --port $(PORT) \
 		--lifespan on --no-server-header
+
+## make cluster: supervisor + env_a + env_b on this machine (PostgreSQL + Redis, no Docker).
+cluster: $(VENV)/.installed
+	$(PY) bin/cluster.py
 
 ## make test: the whole suite, on SQLite and on PostgreSQL.
 test: $(VENV)/.installed

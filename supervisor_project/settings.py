@@ -193,7 +193,12 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": env_str("DB_DATABASE") or str(STORAGE_DIR / "supervisor.sqlite3"),
+            # An environment has its own small database (what it hosts), never the supervisor's.
+            "NAME": env_str("DB_DATABASE")
+            or str(
+                STORAGE_DIR
+                / ("environment.sqlite3" if APP_MODE == "worker" else "supervisor.sqlite3")
+            ),
             # WAL + a busy timeout: the server and a CLI in a second shell share the file.
             "OPTIONS": {
                 "timeout": 20,
@@ -240,9 +245,55 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if APP_SUPERVISOR_REDIS_URL:
+    # The config cache (apps and environments), written by the supervisor after commit and
+    # read by environments. Loss of it loses nothing: the supervisor rebuilds it.
+    CACHES["config"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": APP_SUPERVISOR_REDIS_URL,
+        "KEY_PREFIX": "appsup",
+        "TIMEOUT": None,
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": 3,
+            "SOCKET_TIMEOUT": 5,
+            "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
+        },
+    }
+# How often the supervisor rewrites the whole config cache from its database (seconds).
+APP_CONFIG_REFRESH_INTERVAL = env_int("APP_CONFIG_REFRESH_INTERVAL", 60, minimum=1)
+# Offline environments not seen for this long may be purged (seconds; 0 = never).
+ENVIRONMENT_PURGE_AFTER = env_int("ENVIRONMENT_PURGE_AFTER", 7 * 86400)
+# Listen address of an environment's ASGI server (default: ENVIRONMENT_URL's port, loopback).
+ENVIRONMENT_LISTEN_HOST = env_str("ENVIRONMENT_LISTEN_HOST", "127.0.0.1")
+ENVIRONMENT_LISTEN_PORT = env_int("ENVIRONMENT_LISTEN_PORT", 0, maximum=65535)
 
 # --- Celery (multi-environment transport; unused in local mode) --------------------------
+# Queues: `supervisor` (reports, heartbeats, periodic jobs) and `env.<name>` per environment.
+SUPERVISOR_QUEUE = "supervisor"
 CELERY_BROKER_URL = APP_COMMAND_REDIS_URL or "memory://"
+CELERY_TASK_DEFAULT_QUEUE = SUPERVISOR_QUEUE
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# A command a worker took and never acknowledged (it died) is delivered again after this.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("APP_COMMAND_VISIBILITY_TIMEOUT", 420, minimum=10),
+    "socket_connect_timeout": 3,
+    "socket_timeout": 10,
+    "retry_on_timeout": True,
+    "health_check_interval": 10,
+}
+CELERY_BEAT_SCHEDULE = {
+    "detect-offline-environments": {
+        "task": "workers.tasks.detect_offline",
+        "schedule": max(1.0, min(HEARTBEAT_INTERVAL / 4, 30.0)),
+    },
+    "refresh-config-cache": {
+        "task": "workers.tasks.refresh_config_cache",
+        "schedule": float(APP_CONFIG_REFRESH_INTERVAL),
+    },
+    "expire-commands": {"task": "workers.tasks.expire_commands", "schedule": 5.0},
+}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

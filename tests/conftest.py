@@ -103,9 +103,12 @@ def _per_run_names(pg_server):
 
 def _drop_run_databases(server: DbServer) -> None:
     conn = psycopg2.connect(
-        host=server.host, port=server.port, user=server.user, password=server.password,
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
         dbname="postgres",
-    )  # fmt: skip
+    )
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{RUN_ID}\\_%"])

@@ -35,9 +35,8 @@ def admin_login(client, prefix: str, username: str, password: str):
     token = CSRF_RE.search(page.content.decode()).group(1)
     return client.post(
         f"{prefix}login/?next={prefix}",
-        {"csrfmiddlewaretoken": token, "username": username, "password": password,
-         "next": prefix},
-    )  # fmt: skip
+        {"csrfmiddlewaretoken": token, "username": username, "password": password, "next": prefix},
+    )
 
 
 def app_row(name: str) -> Application:

@@ -391,9 +391,14 @@ _SERVE = (
 
 @pytest.mark.parametrize(
     ("env", "bootstraps"),
-    [({}, True), ({"APP_MODE": "local"}, True), ({"APP_MODE": " Local "}, True),
-     ({"APP_MODE": "supervisor"}, False), ({"APP_MODE": "worker"}, False)],
-)  # fmt: skip
+    [
+        ({}, True),
+        ({"APP_MODE": "local"}, True),
+        ({"APP_MODE": " Local "}, True),
+        ({"APP_MODE": "supervisor"}, False),
+        ({"APP_MODE": "worker"}, False),
+    ],
+)
 def test_entrypoint_runs_make_runs_sequence(tmp_path, env, bootstraps):
     code, calls = _run_entrypoint(tmp_path, env)
     assert code == 0

@@ -1,4 +1,4 @@
-"""Adapter factories: the one place that reads APP_*_ADAPTER."""
+"""Adapter factories: the one place that reads APP_MODE and APP_*_ADAPTER."""
 
 from __future__ import annotations
 
@@ -11,26 +11,40 @@ from apps.adapters.base import DiscoveryAdapter, ProcessAdapter
 
 
 def _pick(setting: str, choices: dict):
-    name = getattr(settings, setting)
+    key = (settings.APP_MODE, getattr(settings, setting))
     try:
-        return choices[name]()
+        return choices[key]()
     except KeyError:
         # The system checks refuse this at start-up; reaching it means they were skipped.
-        raise ImproperlyConfigured(f"{setting}={name!r} is not available") from None
+        raise ImproperlyConfigured(f"{setting}={key[1]!r} with APP_MODE={key[0]}") from None
 
 
 @cache
 def discovery() -> DiscoveryAdapter:
-    from apps.adapters import local
+    from apps.adapters import local, remote
 
-    return _pick("APP_DISCOVERY_ADAPTER", {"local": local.LocalDiscoveryAdapter})
+    return _pick(
+        "APP_DISCOVERY_ADAPTER",
+        {
+            ("local", "local"): local.LocalDiscoveryAdapter,
+            ("supervisor", "remote"): remote.SupervisorDiscoveryAdapter,
+            ("worker", "remote"): remote.EnvironmentDiscoveryAdapter,
+        },
+    )
 
 
 @cache
 def process() -> ProcessAdapter:
-    from apps.adapters import local
+    from apps.adapters import local, remote
 
-    return _pick("APP_PROCESS_ADAPTER", {"local": local.LocalProcessAdapter})
+    return _pick(
+        "APP_PROCESS_ADAPTER",
+        {
+            ("local", "local"): local.LocalProcessAdapter,
+            ("supervisor", "remote"): remote.RemoteProcessAdapter,
+            ("worker", "local"): local.LocalProcessAdapter,
+        },
+    )
 
 
 def background(fn, /, *args, **kwargs) -> None:

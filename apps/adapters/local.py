@@ -37,6 +37,12 @@ class LocalDiscoveryAdapter:
 
         services.supervisor_startup()
 
+    def publish(self, name: str, config: dict | None) -> None:
+        """Local mode keeps no config cache: this process reads the database itself."""
+
+    def publish_many(self, configs: dict[str, dict]) -> None:
+        """Nothing to write in local mode."""
+
 
 class LocalProcessAdapter:
     """Runs the runtime in this process."""
@@ -52,6 +58,9 @@ class LocalProcessAdapter:
 
     def remove(self, spec: AppSpec, *, environment: str, drop_database: bool) -> None:
         runtime.remove(spec, drop_database=drop_database)
+
+    def forget(self, name: str, *, environment: str) -> None:
+        runtime.stop(name)
 
 
 _executor: ThreadPoolExecutor | None = None

@@ -18,8 +18,8 @@ current_app_alias: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 APP_ALIAS_PREFIX = "app__"
-# Tables that only ever live in the supervisor's database.
-CONTROL_PLANE_LABELS = frozenset({"supervisor"})
+# Tables that only ever live in this process's own database (control plane, hosting state).
+CONTROL_PLANE_LABELS = frozenset({"supervisor", "runtime"})
 
 
 def _label(module: str) -> str:

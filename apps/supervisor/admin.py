@@ -206,7 +206,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     # --- saving through services --------------------------------------------------------
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save()
+            services.application_update(application=obj)
             return
         created = services.application_create(
             # The model fields of the form are exactly application_create's keywords.

@@ -26,7 +26,11 @@ _VALID = {
     "worker": {"discovery": {"remote"}, "process": {"local"}, "command": {"redis"}},
 }
 # Adapters this build implements.
-_IMPLEMENTED = {"discovery": {"local"}, "process": {"local"}, "command": {"local"}}
+_IMPLEMENTED = {
+    "discovery": {"local", "remote"},
+    "process": {"local", "remote"},
+    "command": {"local", "redis"},
+}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -42,8 +46,11 @@ def check_settings(app_configs=None, **kwargs):
         "process": settings.APP_PROCESS_ADAPTER,
         "command": settings.APP_COMMAND_ADAPTER,
     }
-    known = {"discovery": {"local", "remote"}, "process": {"local", "remote"},
-             "command": {"local", "redis"}}  # fmt: skip
+    known = {
+        "discovery": {"local", "remote"},
+        "process": {"local", "remote"},
+        "command": {"local", "redis"},
+    }
     for kind, value in chosen.items():
         variable = f"APP_{kind.upper()}_ADAPTER"
         if value not in known[kind]:
@@ -65,6 +72,14 @@ def check_settings(app_configs=None, **kwargs):
                 )
             )
     if mode != "local":
+        if mode == "supervisor" and settings.ENVIRONMENT_NAME:
+            messages.append(
+                Error(
+                    "ENVIRONMENT_NAME is for environments (APP_MODE=worker); unset it for "
+                    "the supervisor.",
+                    id="supervisor.E003",
+                )
+            )
         if not settings.ENVIRONMENT_NAME and mode == "worker":
             messages.append(Error("APP_MODE=worker needs ENVIRONMENT_NAME.", id="supervisor.E003"))
         uses_redis = "remote" in (chosen["discovery"], chosen["process"])

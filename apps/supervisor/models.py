@@ -167,8 +167,15 @@ class Deployment(models.Model):
     status = models.CharField(max_length=16, choices=AppStatus.choices, default=AppStatus.STOPPED)
     error = models.TextField(blank=True)
     status_at = models.DateTimeField(default=timezone.now)
-    command_id = models.UUIDField(null=True, blank=True)  # the last command sent
+    command_id = models.UUIDField(null=True, blank=True)  # the last command asked for
+    command_action = models.CharField(max_length=16, blank=True)
+    command_actor = models.CharField(max_length=150, blank=True)
+    # When the command left for the environment; null while it waits its turn in the start
+    # queue. Read by the command expiry job.
+    command_sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
     reported_command_id = models.UUIDField(null=True, blank=True)  # the last one reported on
+    # The environment's clock (ns) of the last report stored: an older report never wins.
+    reported_at = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["position", "environment__name"]

@@ -119,6 +119,15 @@ def application_route(*, name: str | None = None, custom_domain: str | None = No
     )
 
 
+def application_pending_environments(application: Application, want: str) -> list[str]:
+    """Environments where the last command has not reached `want` (nor failed) yet."""
+    return [
+        env
+        for env, status in application_statuses(application).items()
+        if status not in (want, "error", "unknown")
+    ]
+
+
 def application_history(application: Application) -> QuerySet[StatusChange]:
     return StatusChange.objects.filter(deployment__application=application).select_related(
         "deployment__environment"

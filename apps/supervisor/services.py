@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps import adapters
@@ -106,6 +108,14 @@ def application_create(
     return application
 
 
+def application_update(*, application: Application) -> Application:
+    """Save an edited app (the admin form validated it) and republish its configuration."""
+    application.full_clean()
+    application.save()
+    config_publish(application.pk)
+    return application
+
+
 @transaction.atomic
 def application_set_environments(
     *, application: Application, environments: list[Environment]
@@ -131,6 +141,7 @@ def application_set_environments(
                 }
             )
         deployment.delete()
+    config_publish(application.pk)
 
 
 def application_delete(*, application: Application, drop_database: bool, actor: str) -> None:
@@ -152,6 +163,7 @@ def application_delete(*, application: Application, drop_database: bool, actor: 
             raise ValidationError(
                 f"could not drop the database of {application.name}: {exc}"
             ) from exc
+    transaction.on_commit(lambda name=application.name: adapters.discovery().publish(name, None))
     log.info(
         "app %s deleted by %s (database %s)",
         application.name,
@@ -162,6 +174,9 @@ def application_delete(*, application: Application, drop_database: bool, actor: 
 
 
 # --- Status reports ----------------------------------------------------------------------
+FINAL = frozenset({AppStatus.RUNNING, AppStatus.ERROR, AppStatus.STOPPED, AppStatus.NOT_FOUND})
+
+
 def deployment_report(
     *,
     deployment_id: int,
@@ -169,42 +184,53 @@ def deployment_report(
     reason: str = "",
     command_id: uuid.UUID | str | None = None,
     actor: str = "",
-    at=None,
+    at: int | None = None,
 ) -> bool:
-    """Store an observed status (and a history row when it changed). False if unknown."""
+    """Store an observed status (and a history row when it changed).
+
+    `at` is the reporter's clock in ns; a report older than the one stored is dropped, so a
+    late or redelivered message never overwrites newer state. False when dropped or unknown.
+    """
     if status not in AppStatus.values:
         raise ValueError(f"unknown status {status!r}")
-    at = at or timezone.now()
+    at = at if at is not None else time.time_ns()
+    now = timezone.now()
     with transaction.atomic():
         deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
         if deployment is None:
             return False
+        if deployment.reported_at is not None and at <= deployment.reported_at:
+            log.info("dropped an out-of-order report for deployment %s", deployment_id)
+            return False
         old = deployment.status
         deployment.status = status
-        deployment.status_at = at
+        deployment.status_at = now
+        deployment.reported_at = at
         deployment.error = reason if status == AppStatus.ERROR else ""
         if command_id is not None:
             deployment.reported_command_id = command_id
-        deployment.save(update_fields=["status", "status_at", "error", "reported_command_id"])
+        deployment.save(
+            update_fields=["status", "status_at", "error", "reported_command_id", "reported_at"]
+        )
         if old != status:
             StatusChange.objects.create(
                 deployment=deployment,
                 old_status=old,
                 new_status=status,
                 reason=reason[:2000],
-                at=at,
+                at=now,
                 command_id=command_id,
-                actor=actor[:150],
+                actor=(actor or deployment.command_actor)[:150],
             )
     return True
 
 
-# --- Start, stop, restart ----------------------------------------------------------------
+# --- Commands and the start queue --------------------------------------------------------
 @dataclass
 class CommandOutcome:
     application: str
-    started: list[str] = field(default_factory=list)  # environments
-    skipped: list[str] = field(default_factory=list)  # already in progress
+    started: list[str] = field(default_factory=list)  # environments the command went to
+    skipped: list[str] = field(default_factory=list)  # a start already under way there
     failed: dict[str, str] = field(default_factory=dict)  # environment -> error
     install: InstallResult | None = None
 
@@ -213,87 +239,150 @@ class CommandOutcome:
         return not self.failed
 
 
-def _claim(deployment: Deployment, *, desired: str, command_id: uuid.UUID) -> bool:
-    """Record the desired state and the command; False if a start is already under way there.
+def _start_in_flight() -> Q:
+    """A start asked for whose outcome has not been reported yet."""
+    done = Q(reported_command_id=F("command_id"), status__in=FINAL)
+    return Q(command_action="start", command_id__isnull=False) & ~done
 
-    A conditional update, so two operators (or two processes) cannot both start one app.
+
+def _dispatch(deployment: Deployment, action: str) -> InstallResult | None:
+    """Hand one command to the process adapter: done here (local) or sent (remote).
+
+    A local adapter reports synchronously; a remote one returns once the command is queued,
+    and its reports arrive later through environment_message.
     """
-    changed = (
-        Deployment.objects.filter(pk=deployment.pk)
-        .exclude(status__in=IN_PROGRESS)
-        .update(desired=desired, command_id=command_id)
-    )
-    return changed == 1
+    spec = selectors.application_spec(deployment.application)
+
+    def report(status: str, detail: str) -> None:
+        deployment_report(
+            deployment_id=deployment.pk,
+            status=status,
+            reason=detail,
+            command_id=deployment.command_id,
+        )
+
+    process = adapters.process()
+    try:
+        if action == "start":
+            return process.start(
+                spec,
+                environment=deployment.environment.name,
+                command_id=str(deployment.command_id),
+                report=report,
+            )
+        process.stop(
+            spec,
+            environment=deployment.environment.name,
+            command_id=str(deployment.command_id),
+            report=report,
+        )
+    except AppRuntimeError as exc:
+        report(AppStatus.ERROR, str(exc))
+    return None
 
 
-def _run_start_queue(
-    application_id: int, claimed: list[tuple[int, str, uuid.UUID]], actor: str
-) -> CommandOutcome:
-    """Start an app on its environments one at a time; stop at the first failure."""
-    application = Application.objects.get(pk=application_id)
-    spec = selectors.application_spec(application)
+def start_queue_advance(application_id: int) -> CommandOutcome | None:
+    """Move an app's start queue on: start the next environment once the previous one runs.
+
+    Environments start one at a time in position order, because an install writes to the
+    database they share. Called after a start is asked for and after every report; safe to
+    call from several processes (dispatch is claimed with a conditional update).
+    """
+    application = Application.objects.filter(pk=application_id).first()
+    if application is None:
+        return None
     outcome = CommandOutcome(application=application.name)
-    for index, (deployment_id, environment, command_id) in enumerate(claimed):
-
-        def report(status: str, detail: str, _id=deployment_id, _cid=command_id) -> None:
-            deployment_report(
-                deployment_id=_id, status=status, reason=detail, command_id=_cid, actor=actor
+    while True:
+        queue = list(
+            Deployment.objects.filter(
+                application_id=application_id, desired=Desired.RUNNING, command_action="start"
             )
-
-        try:
-            result = adapters.process().start(
-                spec, environment=environment, command_id=str(command_id), report=report
+            .select_related("environment", "application")
+            .order_by("position", "environment__name")
+        )
+        for index, deployment in enumerate(queue):
+            env = deployment.environment.name
+            finished = deployment.reported_command_id == deployment.command_id and (
+                deployment.status in FINAL
             )
-        except AppRuntimeError as exc:
-            report(AppStatus.ERROR, str(exc))
-            outcome.failed[environment] = str(exc)
-            for later_id, later_env, later_cid in claimed[index + 1 :]:
-                deployment_report(
-                    deployment_id=later_id,
-                    status=AppStatus.ERROR,
-                    reason=f"not started: {environment} failed before it",
-                    command_id=later_cid,
-                    actor=actor,
-                )
-                outcome.failed[later_env] = f"not started: {environment} failed"
-            break
-        outcome.started.append(environment)
-        if result.installed:
-            outcome.install = result
-    return outcome
+            if finished and deployment.status == AppStatus.RUNNING:
+                if env not in outcome.started:
+                    outcome.started.append(env)
+                continue
+            if finished:  # failed: the queue stops here and says why
+                outcome.failed[env] = deployment.error or deployment.status
+                for later in queue[index + 1 :]:
+                    if later.command_sent_at is None:
+                        deployment_report(
+                            deployment_id=later.pk,
+                            status=AppStatus.ERROR,
+                            reason=f"not started: {env} failed before it",
+                            command_id=later.command_id,
+                        )
+                        outcome.failed[later.environment.name] = f"not started: {env} failed"
+                return outcome
+            if deployment.command_sent_at is not None:
+                return outcome  # under way there: its report moves the queue on
+            claimed = Deployment.objects.filter(
+                pk=deployment.pk, command_id=deployment.command_id, command_sent_at__isnull=True
+            ).update(command_sent_at=timezone.now())
+            if not claimed:
+                return outcome  # another process dispatched it
+            result = _dispatch(deployment, "start")
+            if result is not None and result.installed:
+                outcome.install = result
+            break  # read the queue again
+        else:
+            return outcome
 
 
 def application_start(*, application: Application, actor: str, wait: bool = True):
-    """Start the app on every environment it lives on, in start-queue order.
+    """Start the app on every environment it lives on, through the start queue.
 
-    Idempotent: a running app is upgraded if needed and stays running. With wait=False the
-    work runs in the background and a generated superuser password is kept for the admin to
-    show once.
+    Idempotent: a running app is upgraded if needed and stays running; a start already under
+    way is not started twice (a conditional update claims each environment). With wait=False
+    a local start runs in the background and a generated superuser password is kept for the
+    admin to show once.
     """
     outcome = CommandOutcome(application=application.name)
-    claimed: list[tuple[int, str, uuid.UUID]] = []
+    claimed = []
     for deployment in application.deployments.select_related("environment"):
-        command_id = uuid.uuid4()
-        if _claim(deployment, desired=Desired.RUNNING, command_id=command_id):
-            claimed.append((deployment.pk, deployment.environment.name, command_id))
-        else:
-            outcome.skipped.append(deployment.environment.name)
+        changed = (
+            Deployment.objects.filter(pk=deployment.pk)
+            .exclude(_start_in_flight())
+            .exclude(status__in=IN_PROGRESS)
+            .update(
+                desired=Desired.RUNNING,
+                command_id=uuid.uuid4(),
+                command_action="start",
+                command_actor=actor[:150],
+                command_sent_at=None,
+            )
+        )
+        (claimed if changed else outcome.skipped).append(deployment.environment.name)
     if not claimed:
         return outcome
-    if wait:
-        return _run_start_queue(application.pk, claimed, actor)
+    if not wait:
+        adapters.background(_advance_and_keep_password, application.pk)
+        outcome.started = claimed
+        return outcome
+    result = start_queue_advance(application.pk)
+    result.skipped = outcome.skipped
+    return result
 
-    def run() -> None:
-        result = _run_start_queue(application.pk, claimed, actor)
-        if result.install and result.install.admin_password:
-            Application.objects.filter(pk=application.pk).update(
-                pending_admin_username=result.install.admin_username,
-                pending_admin_password=result.install.admin_password,
-            )
 
-    adapters.background(run)
-    outcome.started = [environment for _, environment, _ in claimed]
-    return outcome
+def _advance_and_keep_password(application_id: int) -> None:
+    result = start_queue_advance(application_id)
+    if result and result.install and result.install.admin_password:
+        application_keep_password(
+            application_id, result.install.admin_username, result.install.admin_password
+        )
+
+
+def application_keep_password(application_id: int, username: str, password: str) -> None:
+    Application.objects.filter(pk=application_id).update(
+        pending_admin_username=username[:150], pending_admin_password=password[:128]
+    )
 
 
 def application_start_by_name(*, name: str, actor: str, wait: bool) -> CommandOutcome | None:
@@ -304,30 +393,21 @@ def application_start_by_name(*, name: str, actor: str, wait: bool) -> CommandOu
 
 
 def application_stop(*, application: Application, actor: str) -> CommandOutcome:
-    """Stop the app everywhere. Its database and data stay."""
+    """Stop the app everywhere (not queued: stopping writes nothing). Its data stays."""
     outcome = CommandOutcome(application=application.name)
-    spec = selectors.application_spec(application)
-    for deployment in application.deployments.select_related("environment"):
-        command_id = uuid.uuid4()
-        if not _claim(deployment, desired=Desired.STOPPED, command_id=command_id):
-            outcome.skipped.append(deployment.environment.name)
-            continue
-
-        def report(status: str, detail: str, _id=deployment.pk, _cid=command_id) -> None:
-            deployment_report(
-                deployment_id=_id, status=status, reason=detail, command_id=_cid, actor=actor
-            )
-
-        try:
-            adapters.process().stop(
-                spec,
-                environment=deployment.environment.name,
-                command_id=str(command_id),
-                report=report,
-            )
-        except AppRuntimeError as exc:
-            report(AppStatus.ERROR, str(exc))
-            outcome.failed[deployment.environment.name] = str(exc)
+    for deployment in application.deployments.select_related("environment", "application"):
+        Deployment.objects.filter(pk=deployment.pk).update(
+            desired=Desired.STOPPED,
+            command_id=uuid.uuid4(),
+            command_action="stop",
+            command_actor=actor[:150],
+            command_sent_at=timezone.now(),
+        )
+        deployment.refresh_from_db()
+        _dispatch(deployment, "stop")
+        deployment.refresh_from_db()
+        if deployment.status == AppStatus.ERROR:
+            outcome.failed[deployment.environment.name] = deployment.error
         else:
             outcome.started.append(deployment.environment.name)
     return outcome
@@ -358,6 +438,250 @@ def application_take_pending_password(application: Application) -> tuple[str, st
     return row
 
 
+def commands_expire(*, now=None) -> int:
+    """Report commands no environment answered within the time limit as failed."""
+    now = now or timezone.now()
+    limit = settings.CELERY_TASK_TIME_LIMIT + settings.HEARTBEAT_GRACE
+    stale = (
+        Deployment.objects.filter(command_sent_at__lt=now - timedelta(seconds=limit))
+        .exclude(reported_command_id=F("command_id"), status__in=FINAL)
+        .select_related("environment")
+    )
+    expired = 0
+    for deployment in stale:
+        try:
+            if deployment_report(
+                deployment_id=deployment.pk,
+                status=AppStatus.ERROR,
+                command_id=deployment.command_id,
+                reason=f"no answer from {deployment.environment.name} within {limit} s",
+            ):
+                expired += 1
+                start_queue_advance(deployment.application_id)
+        except Exception:  # one bad row must not stop the job
+            log.exception("could not expire the command of deployment %s", deployment.pk)
+    return expired
+
+
+# --- Environments: messages, liveness, reconciliation ------------------------------------
+def environment_message(message: dict[str, Any]) -> None:
+    """One decoded message from an environment (workers.messages)."""
+    kind = message["type"]
+    if kind == "report":
+        report_ingest(message)
+    elif kind == "heartbeat":
+        environment_heartbeat(message)
+    elif kind == "goodbye":
+        environment_goodbye(name=message["env"], started_at=message["started_at"])
+    elif kind == "start_request":
+        application_start_by_name(
+            name=message["app"], actor=f"first visit on {message['env']}", wait=True
+        )
+
+
+def report_ingest(report: dict[str, Any]) -> bool:
+    deployment = (
+        Deployment.objects.filter(application__name=report["app"], environment__name=report["env"])
+        .only("pk", "application_id")
+        .first()
+    )
+    if deployment is None:
+        log.info("report for %s@%s, which is not deployed there", report["app"], report["env"])
+        return False
+    stored = deployment_report(
+        deployment_id=deployment.pk,
+        status=report["status"],
+        reason=report["detail"],
+        command_id=report["command_id"],
+        at=report["at"],
+    )
+    credentials = report.get("credentials")
+    if stored and credentials:
+        application_keep_password(
+            deployment.application_id, credentials["username"], credentials["password"]
+        )
+    if stored and report["status"] in FINAL:
+        start_queue_advance(deployment.application_id)
+    return stored
+
+
+def environment_heartbeat(beat: dict[str, Any]) -> Environment:
+    """Register or refresh an environment, by the supervisor's clock, then reconcile it."""
+    now = timezone.now()
+    started_at = datetime.fromtimestamp(beat["started_at"], tz=UTC)
+    interval = beat["interval"]
+    with transaction.atomic():
+        environment, created = Environment.objects.select_for_update().get_or_create(
+            name=beat["env"], defaults={"started_at": started_at}
+        )
+        returned = created or environment.status == EnvStatus.OFFLINE
+        restarted = environment.started_at != started_at
+        environment.url = beat["url"]
+        environment.proxy_url = beat["proxy_url"] or beat["url"]
+        environment.version = beat["version"]
+        environment.heartbeat_interval = interval
+        environment.started_at = started_at
+        environment.status = EnvStatus.ONLINE
+        environment.last_heartbeat_at = now
+        environment.next_deadline_at = now + timedelta(
+            seconds=2 * interval + settings.HEARTBEAT_GRACE
+        )
+        environment.save()
+    if returned or restarted:
+        log.info(
+            "environment %s %s",
+            environment.name,
+            "registered" if created else "returned" if returned else "restarted",
+        )
+    environment_reconcile(environment, beat["apps"])
+    return environment
+
+
+def environment_reconcile(environment: Environment, hosted: dict[str, dict[str, Any]]) -> None:
+    """Bring what an environment runs in line with what we want there.
+
+    Its reported states are stored (older ones are dropped); an app that should run and does
+    not, with no start under way, is started again; one that should not run is stopped; one
+    that is not ours any more is removed (its data is kept).
+    """
+    deployments = {
+        d.application.name: d
+        for d in Deployment.objects.filter(environment=environment).select_related(
+            "application", "environment"
+        )
+    }
+    for name, state in hosted.items():
+        deployment = deployments.get(name)
+        if deployment is None:
+            _send_remove(environment.name, name)
+            continue
+        deployment_report(
+            deployment_id=deployment.pk,
+            status=state["status"],
+            reason="reported by heartbeat",
+            command_id=state["command_id"],
+            at=state["at"],
+        )
+    for name, deployment in deployments.items():
+        deployment.refresh_from_db()
+        state = hosted.get(name, {})
+        running_there = state.get("status") in ("running", *IN_PROGRESS)
+        if deployment.desired == Desired.RUNNING and not running_there:
+            restarted = (
+                Deployment.objects.filter(pk=deployment.pk)
+                .exclude(_start_in_flight())
+                .update(
+                    command_id=uuid.uuid4(),
+                    command_action="start",
+                    command_actor="reconciliation",
+                    command_sent_at=timezone.now(),
+                )
+            )
+            if restarted:
+                deployment.refresh_from_db()
+                _dispatch(deployment, "start")
+        elif deployment.desired == Desired.STOPPED and state.get("status") == "running":
+            if deployment.command_action == "stop" and deployment.reported_command_id != (
+                deployment.command_id
+            ):
+                continue  # a stop is under way
+            Deployment.objects.filter(pk=deployment.pk).update(
+                command_id=uuid.uuid4(),
+                command_action="stop",
+                command_actor="reconciliation",
+                command_sent_at=timezone.now(),
+            )
+            deployment.refresh_from_db()
+            _dispatch(deployment, "stop")
+
+
+def _send_remove(environment: str, app: str) -> None:
+    try:
+        adapters.process().forget(app, environment=environment)
+    except AppRuntimeError as exc:
+        log.warning("could not tell %s to drop %s: %s", environment, app, exc)
+
+
+def environment_goodbye(*, name: str, started_at: float) -> bool:
+    """A clean shutdown: offline at once (unless a newer process of it already registered)."""
+    started = datetime.fromtimestamp(started_at, tz=UTC)
+    changed = Environment.objects.filter(name=name, started_at=started).update(
+        status=EnvStatus.OFFLINE, next_deadline_at=None
+    )
+    if changed:
+        log.info("environment %s shut down", name)
+    return bool(changed)
+
+
+def environments_detect_offline(*, now=None) -> list[str]:
+    """Mark environments past their deadline offline. Safe in several processes at once:
+    each row is claimed with a conditional update, and one bad row does not stop the rest."""
+    now = now or timezone.now()
+    marked = []
+    for environment in Environment.objects.filter(
+        status=EnvStatus.ONLINE, next_deadline_at__lt=now
+    ):
+        try:
+            changed = Environment.objects.filter(
+                pk=environment.pk, status=EnvStatus.ONLINE, next_deadline_at__lt=now
+            ).update(status=EnvStatus.OFFLINE)
+        except Exception:
+            log.exception("could not mark %s offline", environment.name)
+            continue
+        if changed:
+            log.warning(
+                "environment %s is offline (no heartbeat since %s)",
+                environment.name,
+                environment.last_heartbeat_at,
+            )
+            marked.append(environment.name)
+    return marked
+
+
+def environments_purge(*, older_than: int, now=None) -> list[str]:
+    """Forget offline environments not seen for `older_than` seconds (apps keep their data
+    and their other environments)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=older_than)
+    purged = []
+    for environment in Environment.objects.filter(status=EnvStatus.OFFLINE).filter(
+        Q(last_heartbeat_at__lt=cutoff) | Q(last_heartbeat_at__isnull=True, created_at__lt=cutoff)
+    ):
+        with transaction.atomic():
+            Deployment.objects.filter(environment=environment).delete()
+            environment.delete()
+        purged.append(environment.name)
+    return purged
+
+
+# --- Config cache ------------------------------------------------------------------------
+def application_config(application: Application) -> dict[str, Any]:
+    """What an environment needs of an app (written to the config cache)."""
+    return {
+        "spec": selectors.application_spec(application).to_dict(),
+        "start_mode": application.start_mode,
+        "environments": [d.environment.name for d in application.deployments.all()],
+    }
+
+
+def config_publish(application_id: int) -> None:
+    """Write one app's configuration to the config cache once the transaction commits."""
+
+    def write() -> None:
+        application = selectors.application_list_with_status().filter(pk=application_id).first()
+        if application is not None:
+            adapters.discovery().publish(application.name, application_config(application))
+
+    transaction.on_commit(write)
+
+
+def config_cache_refresh() -> int:
+    """Rewrite the whole config cache from the database (at start and periodically)."""
+    configs = {a.name: application_config(a) for a in selectors.application_list_with_status()}
+    adapters.discovery().publish_many(configs)
+    return len(configs)
+
+
 # --- Start-up ----------------------------------------------------------------------------
 def supervisor_startup(*, actor: str = "supervisor start-up") -> list[CommandOutcome]:
     """Local mode, at server start: heal interrupted starts, then start "with supervisor" apps.
@@ -367,7 +691,7 @@ def supervisor_startup(*, actor: str = "supervisor start-up") -> list[CommandOut
     again (install is resumable: see runtime.install_or_upgrade).
     """
     local = environment_ensure_local()
-    interrupted = Deployment.objects.filter(environment=local, status__in=IN_PROGRESS)
+    interrupted = list(Deployment.objects.filter(environment=local, status__in=IN_PROGRESS))
     for deployment in interrupted:
         deployment_report(
             deployment_id=deployment.pk,

@@ -39,15 +39,26 @@ def env(tmp_path, pg_server) -> dict[str, str]:
     env.update(STORAGE_DIR=str(tmp_path), APP_DB_PREFIX=settings.APP_DB_PREFIX, DEBUG="false")
     if connection.vendor == "postgresql":
         name = f"{settings.APP_DB_PREFIX}supervisor"
-        conn = psycopg2.connect(host=pg_server.host, port=pg_server.port, user=pg_server.user,
-                                password=pg_server.password, dbname="postgres")  # fmt: skip
+        conn = psycopg2.connect(
+            host=pg_server.host,
+            port=pg_server.port,
+            user=pg_server.user,
+            password=pg_server.password,
+            dbname="postgres",
+        )
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         conn.close()
-        env.update(DB_DIALECT="postgres", DB_HOST=pg_server.host, DB_PORT=str(pg_server.port),
-                   DB_USER=pg_server.user, DB_PASSWORD=pg_server.password, DB_DATABASE=name,
-                   APP_SCHEMA_DATABASE=f"{RUN_ID}_schemas")  # fmt: skip
+        env.update(
+            DB_DIALECT="postgres",
+            DB_HOST=pg_server.host,
+            DB_PORT=str(pg_server.port),
+            DB_USER=pg_server.user,
+            DB_PASSWORD=pg_server.password,
+            DB_DATABASE=name,
+            APP_SCHEMA_DATABASE=f"{RUN_ID}_schemas",
+        )
     else:
         env["DB_DIALECT"] = "sqlite"
     return env
@@ -55,9 +66,13 @@ def env(tmp_path, pg_server) -> dict[str, str]:
 
 def manage(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -70,10 +85,24 @@ def server(env):
     boot = manage(env, "bootstrap_local").stdout
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "supervisor_project.asgi:application",
-         "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "supervisor_project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "on",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -155,9 +184,19 @@ def test_cli_stop_reaches_the_running_server_and_a_start_brings_it_back(env, ser
 def test_bad_configuration_stops_the_server_with_one_line(env):
     env = {**env, "APP_MODE": "worker", "ENVIRONMENT_NAME": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "supervisor_project.asgi:application",
-         "--port", str(free_port())],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "supervisor_project.asgi:application",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "supervisor.E003: APP_MODE=worker needs ENVIRONMENT_NAME." in result.stderr

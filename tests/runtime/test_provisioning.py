@@ -56,8 +56,9 @@ def test_sqlite_app_gets_its_own_file_with_tenant_tables_only():
 
 @pytest.mark.parametrize("db_type", ["new_database", "new_schema"])
 def test_postgres_app_on_a_separate_server(db_type, pg_server):
-    app = make_app(f"pg_{db_type[4:]}_x".replace("pg_", "sep_"), db_type=db_type,
-                   **_server_fields(pg_server))  # fmt: skip
+    app = make_app(
+        f"pg_{db_type[4:]}_x".replace("pg_", "sep_"), db_type=db_type, **_server_fields(pg_server)
+    )
     _start(app)
     spec = selectors.application_spec(app)
     assert provision.database_exists(spec)

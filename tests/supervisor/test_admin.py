@@ -52,9 +52,17 @@ def test_create_form_creates_the_app_on_the_chosen_environment(client):
     services.environment_ensure_local()
     response = client.post(
         "/admin/supervisor/application/add/",
-        {"name": "crm", "title": "CRM", "start_mode": "on_first_visit", "db_type": "sqlite",
-         "run_on": ["local"], "options": "{}", "icon": "", "custom_domain": ""},
-    )  # fmt: skip
+        {
+            "name": "crm",
+            "title": "CRM",
+            "start_mode": "on_first_visit",
+            "db_type": "sqlite",
+            "run_on": ["local"],
+            "options": "{}",
+            "icon": "",
+            "custom_domain": "",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     deployment = Deployment.objects.select_related("environment").get(application__name="crm")
     assert deployment.environment.name == "local" and deployment.status == "stopped"
@@ -66,9 +74,15 @@ def test_create_form_shows_field_errors_and_stores_nothing(client):
     services.environment_ensure_local()
     response = client.post(
         "/admin/supervisor/application/add/",
-        {"name": "Bad Name", "title": "", "start_mode": "on_first_visit", "db_type": "sqlite",
-         "run_on": ["local"], "options": '{"nope": 1}'},
-    )  # fmt: skip
+        {
+            "name": "Bad Name",
+            "title": "",
+            "start_mode": "on_first_visit",
+            "db_type": "sqlite",
+            "run_on": ["local"],
+            "options": '{"nope": 1}',
+        },
+    )
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert set(errors) >= {"name", "title", "options"}
@@ -107,8 +121,13 @@ def test_actions_are_offered_only_with_their_permissions(client):
     client.force_login(make_staff("viewer", "supervisor.view_application"))
     form = client.get(CHANGELIST).context["action_form"]
     names = {name for name, _ in form.fields["action"].choices} if form else set()
-    assert not names & {"start_apps", "stop_apps", "restart_apps", "delete_apps",
-                        "delete_apps_with_data"}  # fmt: skip
+    assert not names & {
+        "start_apps",
+        "stop_apps",
+        "restart_apps",
+        "delete_apps",
+        "delete_apps_with_data",
+    }
     client.force_login(
         make_staff("operator", "supervisor.view_application", "supervisor.start_application")
     )
@@ -117,8 +136,10 @@ def test_actions_are_offered_only_with_their_permissions(client):
     assert "delete_apps_with_data" not in names
     # Posting an action one lacks the permission for does nothing.
     app = Application.objects.get(name="shop")
-    client.post(CHANGELIST, {"action": "delete_apps_with_data", "_selected_action": [app.pk],
-                             "confirmed": "yes"})  # fmt: skip
+    client.post(
+        CHANGELIST,
+        {"action": "delete_apps_with_data", "_selected_action": [app.pk], "confirmed": "yes"},
+    )
     assert Application.objects.filter(name="shop").exists()
 
 

@@ -119,12 +119,20 @@ def test_create_stores_env_db_type_start_mode_and_options(name):
     services.environment_ensure_local()
 
     [row] = run_json(
-        "apps", "create", name, "--title", "Shop",
-        "--env", "local",
-        "--db-type", "sqlite",
-        "--start-mode", "with_supervisor",
-        "--options", '{"admin_username":"root","admin_password":"a-long-password-1"}',
-    )  # fmt: skip
+        "apps",
+        "create",
+        name,
+        "--title",
+        "Shop",
+        "--env",
+        "local",
+        "--db-type",
+        "sqlite",
+        "--start-mode",
+        "with_supervisor",
+        "--options",
+        '{"admin_username":"root","admin_password":"a-long-password-1"}',
+    )
 
     assert row["environments"] == ["local"]
     application = Application.objects.get(name=name)

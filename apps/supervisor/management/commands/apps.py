@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
+from apps.runtime.runtime import InstallResult
 from apps.supervisor import selectors, services
 from apps.supervisor.management.commands._output import emit, fail
 from apps.supervisor.models import Application, DbType, StartMode
@@ -74,6 +76,12 @@ class Command(BaseCommand):
             cmd = sub.add_parser(action, help=f"{action} an app on all its environments")
             cmd.add_argument("name")
             cmd.add_argument("--json", action="store_true")
+            cmd.add_argument(
+                "--timeout",
+                type=float,
+                default=120.0,
+                help="seconds to wait for environments to report (0: do not wait)",
+            )
 
         delete = sub.add_parser("delete", help="stop and delete an app (keeps its data)")
         delete.add_argument("name")
@@ -179,16 +187,44 @@ class Command(BaseCommand):
                 "; ".join(f"{outcome.application}@{e}: {m}" for e, m in outcome.failed.items())
             )
 
-    def do_start(self, name, json, **_):
+    def _settled(self, name: str, outcome, want: str, timeout: float):
+        """Wait for environments that were sent the command (multi-environment mode)."""
+        if timeout < 0:
+            raise fail("--timeout must be 0 or more")
+        application = self._get(name)
+        pending = selectors.application_pending_environments(application, want)
+        if not pending:
+            return outcome
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pending = selectors.application_pending_environments(self._get(name), want)
+        statuses = selectors.application_statuses(self._get(name))
+        for env, status in statuses.items():
+            if status == want:
+                if env not in outcome.started:
+                    outcome.started.append(env)
+            elif status == "error":
+                deployment = application.deployments.get(environment__name=env)
+                outcome.failed[env] = deployment.error or "error"
+            elif env in pending:
+                outcome.failed[env] = f"still {status} after {timeout:g} s"
+        password = services.application_take_pending_password(application)
+        if password and outcome.install is None:
+            outcome.install = InstallResult(True, 0, password[0], password[1])
+        return outcome
+
+    def do_start(self, name, json, timeout, **_):
         outcome = services.application_start(application=self._get(name), actor=ACTOR)
-        self._outcome(outcome, json)
+        self._outcome(self._settled(name, outcome, "running", timeout), json)
 
-    def do_stop(self, name, json, **_):
-        self._outcome(services.application_stop(application=self._get(name), actor=ACTOR), json)
+    def do_stop(self, name, json, timeout, **_):
+        outcome = services.application_stop(application=self._get(name), actor=ACTOR)
+        self._outcome(self._settled(name, outcome, "stopped", timeout), json)
 
-    def do_restart(self, name, json, **_):
+    def do_restart(self, name, json, timeout, **_):
         outcome = services.application_restart(application=self._get(name), actor=ACTOR)
-        self._outcome(outcome, json)
+        self._outcome(self._settled(name, outcome, "running", timeout), json)
 
     def do_delete(self, name, drop_database, yes, json, **_):
         application = self._get(name)
