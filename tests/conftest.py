@@ -6,6 +6,7 @@ No test skips because a service is missing: it fails and says how to start it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,12 +14,17 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 from pytest_postgresql import factories
+from pytest_redis import factories as redis_factories
 
 from apps.runtime.spec import DbServer
-from tests.services import PG_START_HINT, answers, machine_pg, pg_ctl
+from tests.services import PG_START_HINT, REDIS_START_HINT, answers, machine_pg, pg_ctl
 
 # A private server, started only when the machine's does not answer (see pg_server).
 postgresql_private = factories.postgresql_proc(executable=pg_ctl() or "pg_ctl", port=None)
+# Likewise a private Redis, only when the machine's does not answer (see redis_url).
+redis_private = redis_factories.redis_proc(
+    executable=shutil.which("redis-server") or "/usr/bin/redis-server", port=None
+)
 
 RUN_ID = f"t{os.getpid()}"
 
@@ -65,6 +71,17 @@ def pg_server(request) -> DbServer:
         pytest.fail(f"PostgreSQL is not answering on {host}:{port}; {PG_START_HINT}")
     proc = request.getfixturevalue("postgresql_private")
     return DbServer(host=proc.host, port=proc.port, user=proc.user, password=proc.password or "")
+
+
+@pytest.fixture(scope="session")
+def redis_url(request) -> str:
+    """A Redis database for this run: the machine's (its own db number), or a private one."""
+    if answers("127.0.0.1", 6379):
+        return f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}"
+    if shutil.which("redis-server") is None:
+        pytest.fail(f"Redis is not answering on 127.0.0.1:6379; {REDIS_START_HINT}")
+    proc = request.getfixturevalue("redis_private")
+    return f"redis://{proc.host}:{proc.port}/0"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,11 @@ PG_START_HINT = (
     "(or install the server: apt-get install postgresql)"
 )
 
+REDIS_START_HINT = (
+    "start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' "
+    "--appendonly no (or install it: apt-get install redis-server)"
+)
+
 
 def answers(host: str, port: int, timeout: float = 1.0) -> bool:
     try:

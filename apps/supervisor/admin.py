@@ -362,8 +362,22 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "created_at",
     ]
 
+    actions = ["purge_offline"]
+
     def has_add_permission(self, request):
         return False  # environments register themselves
+
+    def has_purge_permission(self, request):
+        return request.user.has_perm("supervisor.delete_environment")
+
+    @admin.action(description="Purge selected environments that are offline", permissions=["purge"])
+    def purge_offline(self, request, queryset):
+        names = list(queryset.values_list("name", flat=True))
+        purged = services.environments_purge(older_than=0, names=names)
+        skipped = sorted(set(names) - set(purged))
+        self.message_user(request, f"Purged {len(purged)} environment(s).")
+        if skipped:
+            self.message_user(request, f"Not offline, kept: {', '.join(skipped)}", messages.WARNING)
 
     def has_change_permission(self, request, obj=None):
         return False

@@ -638,13 +638,16 @@ def environments_detect_offline(*, now=None) -> list[str]:
     return marked
 
 
-def environments_purge(*, older_than: int, now=None) -> list[str]:
+def environments_purge(*, older_than: int, names: list[str] | None = None, now=None) -> list[str]:
     """Forget offline environments not seen for `older_than` seconds (apps keep their data
-    and their other environments)."""
+    and their other environments). An environment that comes back registers anew."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=older_than)
+    candidates = Environment.objects.filter(status=EnvStatus.OFFLINE)
+    if names is not None:
+        candidates = candidates.filter(name__in=names)
     purged = []
-    for environment in Environment.objects.filter(status=EnvStatus.OFFLINE).filter(
+    for environment in candidates.filter(
         Q(last_heartbeat_at__lt=cutoff) | Q(last_heartbeat_at__isnull=True, created_at__lt=cutoff)
     ):
         with transaction.atomic():

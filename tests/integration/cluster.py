@@ -1,0 +1,171 @@
+"""A real multi-environment cluster for tests: the supervisor's job worker and environments
+as subprocesses, on the machine's (or a private) PostgreSQL and Redis, short heartbeats.
+
+The test process itself plays the supervisor's web process: it runs in supervisor mode and
+calls the services, sharing the test database with the job worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "test-cluster-secret-key-that-is-long-enough-0123456789"
+INTERVAL, GRACE = 1, 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path):
+        self.name, self.cmd, self.env, self.log = name, cmd, env, log
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        handle = open(self.log, "a")  # noqa: SIM115 - owned by the process
+        self.popen = subprocess.Popen(
+            self.cmd, env=self.env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def kill(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Cluster:
+    def __init__(self, tmp: Path, redis_url: str):
+        self.tmp, self.redis_url = tmp, redis_url
+        self.procs: dict[str, Proc] = {}
+        self.ports: dict[str, int] = {}
+
+    def base_env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DB_", "APP_", "ENVIRONMENT_", "HEARTBEAT_"))
+        }
+        env.update(
+            SECRET_KEY=SECRET,
+            APP_SUPERVISOR_REDIS_URL=self.redis_url,
+            APP_COMMAND_REDIS_URL=self.redis_url,
+            APP_DISCOVERY_ADAPTER="remote",
+            APP_COMMAND_ADAPTER="redis",
+            HEARTBEAT_INTERVAL=str(INTERVAL),
+            HEARTBEAT_GRACE=str(GRACE),
+            APP_DB_PREFIX=settings.APP_DB_PREFIX,
+            APP_SCHEMA_DATABASE=settings.APP_SCHEMA_DATABASE,
+            APP_CONFIG_REFRESH_INTERVAL="2",
+            APP_COMMAND_TIME_LIMIT="60",
+            APP_COMMAND_SOFT_TIME_LIMIT="50",
+            LOG_LEVEL="info",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start_jobs(self) -> Proc:
+        env = self.base_env()
+        db = connection.settings_dict
+        env.update(
+            APP_MODE="supervisor",
+            APP_PROCESS_ADAPTER="remote",
+            DB_DATABASE=db["NAME"],
+            STORAGE_DIR=str(self.tmp / "supervisor"),
+        )
+        if connection.vendor == "postgresql":
+            env.update(
+                DB_DIALECT="postgres",
+                DB_HOST=db["HOST"],
+                DB_PORT=str(db["PORT"]),
+                DB_USER=db["USER"],
+                DB_PASSWORD=db["PASSWORD"] or "",
+            )
+        else:
+            env.update(DB_DIALECT="sqlite")
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "supervisor_project",
+            "worker",
+            "-Q",
+            "supervisor",
+            "-B",
+            "-s",
+            str(self.tmp / "celerybeat-schedule"),
+            "-n",
+            f"supervisor-{os.getpid()}@%h",
+            "--concurrency",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
+        return self._start("jobs", cmd, env)
+
+    def start_environment(self, name: str) -> Proc:
+        port = self.ports.setdefault(name, free_port())
+        env = self.base_env()
+        env.update(
+            APP_MODE="worker",
+            APP_PROCESS_ADAPTER="local",
+            ENVIRONMENT_NAME=name,
+            ENVIRONMENT_URL=f"http://127.0.0.1:{port}",
+            DB_DIALECT="sqlite",
+            STORAGE_DIR=str(self.tmp / name),
+        )
+        return self._start(name, [sys.executable, "manage.py", "run_environment"], env)
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
+        (self.tmp / name).mkdir(parents=True, exist_ok=True)
+        proc = Proc(name, cmd, env, self.tmp / f"{name}.log").start()
+        self.procs[name] = proc
+        return proc
+
+    def url(self, env: str) -> str:
+        return f"http://127.0.0.1:{self.ports[env]}"
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{p.output()[-4000:]}" for n, p in self.procs.items())
