@@ -1,8 +1,12 @@
-# App Supervisor image: local mode today (APP_MODE=local: one ASGI process serving the
-# supervisor UI and the hosted sub-apps). Start-up steps live in docker/entrypoint.sh.
+# App Supervisor image: one image for every process, chosen by APP_MODE and the command.
+# docker/entrypoint.sh prepares what the mode needs, then runs the command (see there):
+#   APP_MODE=local (default)  one ASGI process: supervisor UI + hosted sub-apps
+#   APP_MODE=supervisor       the ASGI server (default command), or the Celery jobs worker
+#   APP_MODE=worker           python manage.py run_environment (default command)
+# docker-compose.yml runs the seed's multi-environment topology with it. Local mode alone:
 #
 #   docker build -t app-supervisor .
-#   docker run -p 14000:80 -e SECRET_KEY=... -v appsup-storage:/data/storage app-supervisor
+#   docker run -p 14000:80 -v appsup-storage:/data/storage app-supervisor
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -29,8 +33,9 @@ RUN groupadd --system --gid 10001 app \
     && mkdir -p /data/storage \
     && chown app:app /data/storage
 
-# The project, piece by piece: a plain `COPY . .` would also copy .venv/ and storage/ (the
-# local secret key and SQLite databases), as the repository has no .dockerignore.
+# The project, piece by piece: only what runs. .dockerignore keeps .venv/ and storage/ (the
+# local secret key and SQLite databases) out of the context, but `COPY . .` would still ship
+# tests, benchmarks and whatever else lies in the working copy.
 COPY manage.py ./
 COPY supervisor_project ./supervisor_project
 COPY apps ./apps
@@ -43,5 +48,8 @@ VOLUME ["/data/storage"]
 USER app
 EXPOSE 80
 
-# check, migrate, bootstrap_local (local mode only), then uvicorn on port 80.
-CMD ["/app/docker/entrypoint.sh"]
+# ENTRYPOINT, not CMD: a compose `command:` (or `docker run IMAGE cmd...`) replaces only the
+# command, and the entrypoint still prepares the mode first. No CMD on purpose: setting
+# ENTRYPOINT clears the base image's CMD (python3), and without arguments the entrypoint runs
+# the mode's own server.
+ENTRYPOINT ["/app/docker/entrypoint.sh"]

@@ -62,6 +62,9 @@ class LocalProcessAdapter:
     def forget(self, name: str, *, environment: str) -> None:
         runtime.stop(name)
 
+    def create(self, spec: AppSpec, *, environment: str) -> None:
+        """Nothing to prepare in-process: the first start provisions."""
+
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()

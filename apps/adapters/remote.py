@@ -77,6 +77,10 @@ class RemoteProcessAdapter:
     def remove(self, spec: AppSpec, *, environment: str, drop_database: bool) -> None:
         self._send("remove", spec.name, environment, str(uuid.uuid4()), drop_database)
 
+    def create(self, spec: AppSpec, *, environment: str) -> None:
+        """Let the environment know the app (it can then route a first visit to a start)."""
+        self._send("create", spec.name, environment, str(uuid.uuid4()))
+
     def forget(self, name: str, *, environment: str) -> None:
         self._send("remove", name, environment, str(uuid.uuid4()))
 
@@ -104,7 +108,7 @@ class EnvironmentDiscoveryAdapter:
                         desired=hosted.desired,
                         status=hosted.status,
                         error=hosted.detail if hosted.status == "error" else "",
-                        never_commanded=False,
+                        never_commanded=not hosted.command_id,
                     ),
                 ),
             )

@@ -118,7 +118,11 @@ def execute(
     start_mode = (config or {}).get("start_mode", hosted.start_mode if hosted else "")
 
     if action == "create":
-        _remember(spec, start_mode, desired="stopped")
+        # Know the app (so a first visit here asks for a start); never reset one we host.
+        HostedApp.objects.get_or_create(
+            name=spec.name,
+            defaults={"spec": spec.to_dict(), "start_mode": start_mode, "desired": "stopped"},
+        )
         return
     if action in ("start", "restart"):
         _remember(spec, start_mode, desired="running")

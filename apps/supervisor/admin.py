@@ -190,7 +190,7 @@ class ApplicationAdmin(admin.ModelAdmin):
                 "<tr><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 (
                     (
-                        r.at.isoformat(timespec="seconds"),
+                        r.at.isoformat(timespec="milliseconds"),
                         r.deployment.environment.name,
                         r.old_status,
                         r.new_status,

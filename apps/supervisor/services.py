@@ -105,7 +105,23 @@ def application_create(
     targets = _environments_by_name(environments)
     application.save()
     application_set_environments(application=application, environments=targets)
+    transaction.on_commit(lambda: _announce(application.pk))
     return application
+
+
+def _announce(application_id: int) -> None:
+    """Tell each environment of a new app (after the config cache has it)."""
+    application = selectors.application_list_with_status().filter(pk=application_id).first()
+    if application is None:
+        return
+    spec = selectors.application_spec(application)
+    for deployment in application.deployments.all():
+        try:
+            adapters.process().create(spec, environment=deployment.environment.name)
+        except AppRuntimeError as exc:  # the first start tells it anyway
+            log.warning(
+                "could not announce %s to %s: %s", spec.name, deployment.environment.name, exc
+            )
 
 
 def application_update(*, application: Application) -> Application:

@@ -350,3 +350,16 @@ def test_run_environment_refuses_incomplete_settings(cluster):
     )
     assert result.returncode != 0
     assert "supervisor.E004" in result.stderr or "supervisor.E005" in result.stderr
+
+
+def test_first_visit_on_an_environment_asks_the_supervisor_to_start_the_app(cluster):
+    create(cluster, "lazy", ["env_a"])  # start mode: on first visit
+    url = f"{cluster.url('env_a')}/apps/lazy/admin/login/"
+    # The environment learns of the app from the `create` command, then routes a first visit.
+    first = wait_until(
+        lambda: http_status(url) == 503 and httpx.get(url), timeout=15, what="env_a to know lazy"
+    )
+    assert first.headers.get("refresh") == "2"
+    wait_until(lambda: http_status(url) == 200, timeout=60, what="lazy served after a visit")
+    assert statuses("lazy") == {"env_a": "running"}
+    assert any(r.actor == "first visit on env_a" for r in history("lazy"))
