@@ -17,7 +17,7 @@ from django.core.asgi import get_asgi_application
 django_asgi_app = get_asgi_application()
 
 from asgiref.sync import sync_to_async  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from apps.supervisor.checks import startup_errors  # noqa: E402
@@ -30,7 +30,8 @@ if _errors:
         print(line, file=sys.stderr)
     raise SystemExit(1)
 
-websocket_urlpatterns: list = []
+from apps.gateway.proxy import ProxyApp, close_client  # noqa: E402
+from apps.gateway.websockets import WebsocketGateway  # noqa: E402
 
 
 class LifespanApp:
@@ -48,6 +49,7 @@ class LifespanApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await close_client()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -65,8 +67,9 @@ def _startup() -> None:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        # The proxy forwards what routing.decide sends elsewhere; Django does the rest.
+        "http": ProxyApp(django_asgi_app),
+        "websocket": AllowedHostsOriginValidator(WebsocketGateway()),
         "lifespan": LifespanApp(),
     }
 )

@@ -267,6 +267,15 @@ ENVIRONMENT_PURGE_AFTER = env_int("ENVIRONMENT_PURGE_AFTER", 7 * 86400)
 ENVIRONMENT_LISTEN_HOST = env_str("ENVIRONMENT_LISTEN_HOST", "127.0.0.1")
 ENVIRONMENT_LISTEN_PORT = env_int("ENVIRONMENT_LISTEN_PORT", 0, maximum=65535)
 
+# --- Proxy (supervisor -> environments) --------------------------------------------------
+PROXY_CONNECT_TIMEOUT = env_float("PROXY_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=300)
+PROXY_READ_TIMEOUT = env_float("PROXY_READ_TIMEOUT", 60.0, minimum=0.1, maximum=3600)
+PROXY_MAX_CONNECTIONS = env_int("PROXY_MAX_CONNECTIONS", 200, minimum=1, maximum=10000)
+# Keep an incoming X-Forwarded-For chain only behind a trusted proxy (else it is spoofable).
+PROXY_TRUST_FORWARDED = env_bool("PROXY_TRUST_FORWARDED", False)
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 # --- Celery (multi-environment transport; unused in local mode) --------------------------
 # Queues: `supervisor` (reports, heartbeats, periodic jobs) and `env.<name>` per environment.
 SUPERVISOR_QUEUE = "supervisor"

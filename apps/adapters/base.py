@@ -20,6 +20,7 @@ class DeploymentRoute:
     status: str  # the display status (derived: may be commanding or unknown)
     error: str = ""
     never_commanded: bool = False  # no start or stop was ever asked for here
+    proxy_url: str = ""  # where the supervisor forwards requests for this environment
 
 
 @dataclass(frozen=True)

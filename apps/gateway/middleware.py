@@ -1,6 +1,8 @@
-"""Routes /apps/<name>/... to the sub-application (see routing.decide).
+"""Serves /apps/<name>/... in this process, or answers with the gateway's pages.
 
-For a served app the request continues down the ordinary middleware stack with:
+Requests that must be forwarded to another environment never get here under ASGI: the proxy
+in front of Django (apps/gateway/proxy.py) takes them. For a served app the request goes on
+down the ordinary middleware stack with:
 - the app's database active (runtime.routing.current_app_alias) for every model but the
   control plane's;
 - the app's URLconf and script prefix, so its admin, links and redirects live under
@@ -12,13 +14,15 @@ For a served app the request continues down the ordinary middleware stack with:
 from __future__ import annotations
 
 from http.cookies import Morsel
+from urllib.parse import parse_qsl, urlencode
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import get_script_prefix, set_script_prefix
 
-from apps.gateway.routing import Page, Redirect, Serve, decide
+from apps.gateway import routing
+from apps.gateway.routing import Forward, Page, Redirect, Serve
 from apps.runtime.routing import using_app
 
 # Cookies the inner stack knows by their ordinary names and the browser per app.
@@ -53,20 +57,31 @@ def _outer_cookies(response: HttpResponse, app: str, prefix: str) -> None:
             response.cookies[renamed.key] = renamed
 
 
-def render_page(request: HttpRequest, page: Page) -> HttpResponse:
-    accepts_json = "application/json" in request.headers.get("Accept", "")
-    if accepts_json:
-        from django.http import JsonResponse
+def query_without_choice(query_string: str) -> str:
+    pairs = [
+        (k, v) for k, v in parse_qsl(query_string, keep_blank_values=True) if k != routing.ENV_PARAM
+    ]
+    return urlencode(pairs)
 
-        response: HttpResponse = JsonResponse(
-            {"status": page.status, "title": page.title, "message": page.message},
-            status=page.status,
-        )
-    else:
-        body = render_to_string(
-            "gateway/page.html", {"page": page, **page.context}, request=request
-        )
-        response = HttpResponse(body, status=page.status)
+
+def page_body(page: Page, *, as_json: bool) -> tuple[bytes, str]:
+    """The bytes and content type of a gateway page (shared with the ASGI proxy)."""
+    if as_json:
+        import json
+
+        data = {"status": page.status, "title": page.title, "message": page.message}
+        if page.context.get("deployments"):
+            data["environments"] = {d.environment: d.status for d in page.context["deployments"]}
+        return json.dumps(data).encode(), "application/json"
+    html = render_to_string(page.template, {"page": page, **page.context})
+    return html.encode(), "text/html; charset=utf-8"
+
+
+def render_page(request: HttpRequest, page: Page) -> HttpResponse:
+    body, content_type = page_body(
+        page, as_json="application/json" in request.headers.get("Accept", "")
+    )
+    response = HttpResponse(body, status=page.status, content_type=content_type)
     if page.refresh:
         response["Refresh"] = str(page.refresh)
         response["Retry-After"] = str(page.refresh)
@@ -79,19 +94,35 @@ class AppGatewayMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        decision = decide(request.path_info)
+        decision = routing.decide(
+            request.path_info,
+            host=request.META.get("HTTP_HOST", "").split(":")[0].lower(),
+            chosen=request.GET.get(routing.ENV_PARAM, ""),
+            remembered=request.COOKIES.get(routing.ENV_COOKIE, ""),
+        )
         if decision is None:
             return self.get_response(request)
+        match = routing.parse(request.path_info)
+        if isinstance(match, tuple):
+            routing.stop_if_not_served(match[0], decision)
+        routing.carry_out(decision)
         if isinstance(decision, Redirect):
-            query = request.META.get("QUERY_STRING", "")
-            return HttpResponseRedirect(decision.location + (f"?{query}" if query else ""))
+            query = query_without_choice(request.META.get("QUERY_STRING", ""))
+            response = HttpResponseRedirect(decision.location + (f"?{query}" if query else ""))
+            if decision.set_cookie:
+                name, value, path = decision.set_cookie
+                response.set_cookie(name, value, path=path, samesite="Lax", httponly=True)
+            return response
         if isinstance(decision, Page):
             return render_page(request, decision)
+        if isinstance(decision, Forward):
+            return render_page(
+                request, Page(502, "Proxy unavailable", "Forwarding needs the ASGI server.")
+            )
         return self._serve(request, decision)
 
     def _serve(self, request: HttpRequest, decision: Serve) -> HttpResponse:
-        spec = decision.spec
-        prefix = f"/apps/{spec.name}/"
+        spec, prefix = decision.spec, decision.prefix
         request.sub_app = spec
         request.urlconf = settings.TENANT_URLCONF
         request.path_info = "/" + request.path_info[len(prefix) :]

@@ -7,3 +7,6 @@ class NotesConfig(AppConfig):
     name = "apps.notes"
     label = "notes"
     verbose_name = "Notes"
+
+    def ready(self) -> None:
+        from apps.notes import signals  # noqa: F401 - connects the live-update signals

@@ -113,6 +113,7 @@ def application_route(*, name: str | None = None, custom_domain: str | None = No
                 status=deployment_status(d, now),
                 error=d.error,
                 never_commanded=d.command_id is None,
+                proxy_url=d.environment.proxy_url or d.environment.url,
             )
             for d in application.deployments.all()
         ),

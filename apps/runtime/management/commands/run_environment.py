@@ -49,11 +49,16 @@ class EnvironmentRunner:
     def heartbeat(self) -> dict:
         close_old_connections()
         beat = {
-            "v": messages.VERSION, "type": "heartbeat", "env": self.name, "url": self.url,
-            "proxy_url": self.proxy_url, "version": supervisor_project.__version__,
-            "started_at": self.started_at, "interval": self.interval,
+            "v": messages.VERSION,
+            "type": "heartbeat",
+            "env": self.name,
+            "url": self.url,
+            "proxy_url": self.proxy_url,
+            "version": supervisor_project.__version__,
+            "started_at": self.started_at,
+            "interval": self.interval,
             "apps": hosting.hosted_states(),
-        }  # fmt: skip
+        }
         messages.decode(beat)
         send_to_supervisor({k: v for k, v in beat.items() if k not in ("v", "type")}, "heartbeat")
         return beat
@@ -84,18 +89,47 @@ class Command(BaseCommand):
         for app in hosting.heal_interrupted(env=name, send=send_to_supervisor):
             log.warning("start of %s was interrupted by a restart; reported as failed", app)
         children = {
-            "worker": [sys.executable, "-m", "celery", "-A", "supervisor_project", "worker",
-                       "-Q", f"env.{name}", "-n", f"{name}@%h", "--concurrency", "1",
-                       "--pool", "prefork", "--without-gossip", "--without-mingle",
-                       "--without-heartbeat", "--loglevel", "INFO"],
-            "web": [sys.executable, "-m", "uvicorn", "supervisor_project.asgi:application",
-                    "--host", host, "--port", str(port), "--lifespan", "on",
-                    "--no-server-header"],
-        }  # fmt: skip
+            "worker": [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "supervisor_project",
+                "worker",
+                "-Q",
+                f"env.{name}",
+                "-n",
+                f"{name}@%h",
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ],
+            "web": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "supervisor_project.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--lifespan",
+                "on",
+                "--no-server-header",
+            ],
+        }
         runner = EnvironmentRunner(
-            name=name, url=url, proxy_url=settings.ENVIRONMENT_PROXY_URL,
+            name=name,
+            url=url,
+            proxy_url=settings.ENVIRONMENT_PROXY_URL,
             interval=settings.HEARTBEAT_INTERVAL,
-        )  # fmt: skip
+        )
 
         def stop(signum, frame) -> None:
             runner.stopping.set()
@@ -106,8 +140,10 @@ class Command(BaseCommand):
             role: subprocess.Popen(cmd, preexec_fn=_die_with_parent)
             for role, cmd in children.items()
         }
-        self.stdout.write(f"environment {name}: serving {url} (listening on {host}:{port}), "
-                          f"queue env.{name}, heartbeat every {runner.interval} s")  # fmt: skip
+        self.stdout.write(
+            f"environment {name}: serving {url} (listening on {host}:{port}), "
+            f"queue env.{name}, heartbeat every {runner.interval} s"
+        )
         exit_code = 0
         try:
             next_beat = 0.0
