@@ -46,8 +46,9 @@ def write_env(path: Path, values: dict[str, str]) -> None:
 
 def ensure_database(host: str, port: int, user: str, name: str) -> None:
     try:
-        conn = psycopg2.connect(host=host, port=port, user=user, dbname="postgres",
-                                connect_timeout=5)  # fmt: skip
+        conn = psycopg2.connect(
+            host=host, port=port, user=user, dbname="postgres", connect_timeout=5
+        )
     except psycopg2.OperationalError as exc:
         sys.exit(f"PostgreSQL at {host}:{port} is not answering ({exc}); start it first")
     conn.autocommit = True
@@ -73,23 +74,39 @@ def main() -> None:
     previous = read_env(ROOT / ".cluster.env")
     common = {
         "SECRET_KEY": previous.get("SECRET_KEY") or secrets.token_urlsafe(50),
-        "DB_DIALECT": "postgres", "DB_HOST": pg_host, "DB_PORT": str(pg_port),
-        "DB_USER": pg_user, "APP_DISCOVERY_ADAPTER": "remote", "APP_COMMAND_ADAPTER": "redis",
-        "APP_SUPERVISOR_REDIS_URL": redis_url, "APP_COMMAND_REDIS_URL": redis_url,
-        "HEARTBEAT_INTERVAL": str(interval), "APP_DB_PREFIX": "cluster_app_",
+        "DB_DIALECT": "postgres",
+        "DB_HOST": pg_host,
+        "DB_PORT": str(pg_port),
+        "DB_USER": pg_user,
+        "APP_DISCOVERY_ADAPTER": "remote",
+        "APP_COMMAND_ADAPTER": "redis",
+        "APP_SUPERVISOR_REDIS_URL": redis_url,
+        "APP_COMMAND_REDIS_URL": redis_url,
+        "HEARTBEAT_INTERVAL": str(interval),
+        "APP_DB_PREFIX": "cluster_app_",
         "APP_SCHEMA_DATABASE": "cluster_schemas",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "info",
-    }  # fmt: skip
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "info",
+    }
     files = {
-        "supervisor": {**common, "APP_MODE": "supervisor", "APP_PROCESS_ADAPTER": "remote",
-                       "DB_DATABASE": "cluster_supervisor",
-                       "STORAGE_DIR": str(storage / "supervisor")},
-    }  # fmt: skip
+        "supervisor": {
+            **common,
+            "APP_MODE": "supervisor",
+            "APP_PROCESS_ADAPTER": "remote",
+            "DB_DATABASE": "cluster_supervisor",
+            "STORAGE_DIR": str(storage / "supervisor"),
+        },
+    }
     for env in ("env_a", "env_b"):
-        files[env] = {**common, "APP_MODE": "worker", "APP_PROCESS_ADAPTER": "local",
-                      "ENVIRONMENT_NAME": env, "DB_DATABASE": f"cluster_{env}",
-                      "ENVIRONMENT_URL": f"http://127.0.0.1:{ports[env]}",
-                      "STORAGE_DIR": str(storage / env)}  # fmt: skip
+        files[env] = {
+            **common,
+            "APP_MODE": "worker",
+            "APP_PROCESS_ADAPTER": "local",
+            "ENVIRONMENT_NAME": env,
+            "DB_DATABASE": f"cluster_{env}",
+            "ENVIRONMENT_URL": f"http://127.0.0.1:{ports[env]}",
+            "STORAGE_DIR": str(storage / env),
+        }
     for role, values in files.items():
         ensure_database(pg_host, pg_port, pg_user, values["DB_DATABASE"])
         Path(values["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -98,33 +115,79 @@ def main() -> None:
 
     def env_for(role: str) -> dict[str, str]:
         suffix = "" if role == "supervisor" else role.removeprefix("env")
-        clean = {k: v for k, v in os.environ.items() if k not in common and k not in (
-            "APP_MODE", "APP_PROCESS_ADAPTER", "ENVIRONMENT_NAME", "ENVIRONMENT_URL",
-            "STORAGE_DIR", "DB_DATABASE")}  # fmt: skip
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in common
+            and k
+            not in (
+                "APP_MODE",
+                "APP_PROCESS_ADAPTER",
+                "ENVIRONMENT_NAME",
+                "ENVIRONMENT_URL",
+                "STORAGE_DIR",
+                "DB_DATABASE",
+            )
+        }
         return {**clean, "ENV_FILE": str(ROOT / f".cluster.env{suffix}")}
 
     manage = [PY, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env_for("supervisor"),
-                   cwd=ROOT, check=True)  # fmt: skip
-    boot = subprocess.run([*manage, "cluster_superuser"], env=env_for("supervisor"), cwd=ROOT,
-                          check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run(
+        [*manage, "migrate", "--noinput", "-v0"], env=env_for("supervisor"), cwd=ROOT, check=True
+    )
+    boot = subprocess.run(
+        [*manage, "cluster_superuser"],
+        env=env_for("supervisor"),
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     sup_storage = files["supervisor"]["STORAGE_DIR"]
     commands = {
-        "supervisor": [PY, "-m", "uvicorn", "supervisor_project.asgi:application", "--host",
-                       "127.0.0.1", "--port", str(ports["supervisor"]), "--lifespan", "on"],
-        "jobs": [PY, "-m", "celery", "-A", "supervisor_project", "worker", "-Q", "supervisor",
-                 "-B", "-s", f"{sup_storage}/celerybeat-schedule", "-n", "supervisor@%h",
-                 "--concurrency", "2", "--without-gossip", "--without-mingle",
-                 "--loglevel", "INFO"],
+        "supervisor": [
+            PY,
+            "-m",
+            "uvicorn",
+            "supervisor_project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["supervisor"]),
+            "--lifespan",
+            "on",
+        ],
+        "jobs": [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "supervisor_project",
+            "worker",
+            "-Q",
+            "supervisor",
+            "-B",
+            "-s",
+            f"{sup_storage}/celerybeat-schedule",
+            "-n",
+            "supervisor@%h",
+            "--concurrency",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ],
         "env_a": [*manage, "run_environment"],
         "env_b": [*manage, "run_environment"],
-    }  # fmt: skip
+    }
     roles = {"supervisor": "supervisor", "jobs": "supervisor", "env_a": "env_a", "env_b": "env_b"}
     procs = {
         name: subprocess.Popen(cmd, env=env_for(roles[name]), cwd=ROOT)
         for name, cmd in commands.items()
     }
-    print(f"""
+    print(
+        f"""
 App Supervisor cluster ({boot.stdout.strip()})
   supervisor  http://127.0.0.1:{ports["supervisor"]}/admin/
   env_a       http://127.0.0.1:{ports["env_a"]}/apps/<name>/admin/
@@ -133,7 +196,9 @@ App Supervisor cluster ({boot.stdout.strip()})
   CLI         ENV_FILE=.cluster.env {PY} manage.py apps list
   restart an environment: ENV_FILE=.cluster.env_b {PY} manage.py run_environment
 Ctrl-C stops everything.
-""", flush=True)  # fmt: skip
+""",
+        flush=True,
+    )
 
     stopping = False
 
@@ -147,8 +212,9 @@ Ctrl-C stops everything.
     while not stopping:
         for name, proc in procs.items():
             if proc.poll() is not None and name not in reported:
-                print(f"[cluster] {name} exited with {proc.returncode}; the others go on",
-                      flush=True)  # fmt: skip
+                print(
+                    f"[cluster] {name} exited with {proc.returncode}; the others go on", flush=True
+                )
                 reported.add(name)
         time.sleep(0.5)
     for proc in procs.values():

@@ -8,6 +8,7 @@ system checks in apps/supervisor/checks.py, which stop start-up with one line ea
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -71,6 +72,14 @@ APP_COMMAND_ADAPTER = env_choice(
 
 APP_SUPERVISOR_REDIS_URL = env_str("APP_SUPERVISOR_REDIS_URL")
 APP_COMMAND_REDIS_URL = env_str("APP_COMMAND_REDIS_URL")
+# A namespace for queues, cache keys and locks, so several clusters can share one Redis.
+APP_QUEUE_PREFIX = env_str("APP_QUEUE_PREFIX")
+if APP_QUEUE_PREFIX and not re.fullmatch(r"[a-z0-9_]{1,32}\.", APP_QUEUE_PREFIX):
+    PROBLEMS.error(
+        "supervisor.E012",
+        f"APP_QUEUE_PREFIX={APP_QUEUE_PREFIX!r} must be 1-32 "
+        "lower-case letters, digits or _ followed by a dot (e.g. 'team1.').",
+    )
 
 ENVIRONMENT_NAME = env_str("ENVIRONMENT_NAME", "local" if APP_MODE == "local" else "")
 ENVIRONMENT_URL = env_str("ENVIRONMENT_URL")
@@ -251,7 +260,7 @@ if APP_SUPERVISOR_REDIS_URL:
     CACHES["config"] = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": APP_SUPERVISOR_REDIS_URL,
-        "KEY_PREFIX": "appsup",
+        "KEY_PREFIX": f"appsup{APP_QUEUE_PREFIX}",
         "TIMEOUT": None,
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": 3,
@@ -278,7 +287,7 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 
 # --- Celery (multi-environment transport; unused in local mode) --------------------------
 # Queues: `supervisor` (reports, heartbeats, periodic jobs) and `env.<name>` per environment.
-SUPERVISOR_QUEUE = "supervisor"
+SUPERVISOR_QUEUE = f"{APP_QUEUE_PREFIX}supervisor"
 CELERY_BROKER_URL = APP_COMMAND_REDIS_URL or "memory://"
 CELERY_TASK_DEFAULT_QUEUE = SUPERVISOR_QUEUE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -25,7 +25,7 @@ def queue(name: str) -> Queue:
 
 
 def env_queue(environment: str) -> str:
-    return f"env.{environment}"
+    return f"{settings.APP_QUEUE_PREFIX}env.{environment}"
 
 
 def publish(task: str, message: dict[str, Any], *, to: str) -> None:
@@ -75,7 +75,9 @@ def redis_client():
 
 def app_lock(name: str, *, ttl: float = 30.0, wait: float = 600.0):
     """A redis-py Lock for work on one app (install/upgrade), with a TTL."""
-    return redis_client().lock(f"appsup:lock:app:{name}", timeout=ttl, blocking_timeout=wait)
+    return redis_client().lock(
+        f"appsup{settings.APP_QUEUE_PREFIX}:lock:app:{name}", timeout=ttl, blocking_timeout=wait
+    )
 
 
 def uses_config_cache() -> bool:

@@ -143,6 +143,9 @@ async def send_page(send, page: Page, scope: dict[str, Any]) -> None:
         (b"cache-control", b"no-store"),
         (b"content-length", str(len(body)).encode()),
     ]
+    if page.refresh:
+        refresh = str(page.refresh).encode()
+        headers += [(b"refresh", refresh), (b"retry-after", refresh)]
     await send({"type": "http.response.start", "status": page.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -17,4 +18,8 @@ def notes_changed(sender, **kwargs) -> None:
     alias = current_app_alias.get()
     layer = get_channel_layer()
     if alias and layer is not None:
-        async_to_sync(layer.group_send)(group_for(alias), {"type": "notes.changed"})
+        # After commit: listeners count the notes on their own connection.
+        transaction.on_commit(
+            lambda: async_to_sync(layer.group_send)(group_for(alias), {"type": "notes.changed"}),
+            using=alias,
+        )

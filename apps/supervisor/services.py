@@ -512,7 +512,7 @@ def report_ingest(report: dict[str, Any]) -> bool:
         at=report["at"],
     )
     credentials = report.get("credentials")
-    if stored and credentials:
+    if credentials:  # even from a report too old to change the status (a heartbeat won)
         application_keep_password(
             deployment.application_id, credentials["username"], credentials["password"]
         )

@@ -40,6 +40,14 @@ def wait_until(check: Callable[[], object], *, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class Proc:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path):
         self.name, self.cmd, self.env, self.log = name, cmd, env, log
@@ -93,13 +101,14 @@ class Cluster:
             APP_SCHEMA_DATABASE=settings.APP_SCHEMA_DATABASE,
             APP_CONFIG_REFRESH_INTERVAL="2",
             APP_COMMAND_TIME_LIMIT="60",
+            APP_QUEUE_PREFIX=settings.APP_QUEUE_PREFIX,
             APP_COMMAND_SOFT_TIME_LIMIT="50",
             LOG_LEVEL="info",
             PYTHONUNBUFFERED="1",
         )
         return env
 
-    def start_jobs(self) -> Proc:
+    def supervisor_env(self) -> dict[str, str]:
         env = self.base_env()
         db = connection.settings_dict
         env.update(
@@ -118,6 +127,10 @@ class Cluster:
             )
         else:
             env.update(DB_DIALECT="sqlite")
+        return env
+
+    def start_jobs(self) -> Proc:
+        env = self.supervisor_env()
         cmd = [
             sys.executable,
             "-m",
@@ -126,7 +139,7 @@ class Cluster:
             "supervisor_project",
             "worker",
             "-Q",
-            "supervisor",
+            settings.SUPERVISOR_QUEUE,
             "-B",
             "-s",
             str(self.tmp / "celerybeat-schedule"),
@@ -140,6 +153,47 @@ class Cluster:
             "INFO",
         ]
         return self._start("jobs", cmd, env)
+
+    def start_web(self, **extra: str) -> Proc:
+        """The supervisor's web process (uvicorn): the proxy."""
+        port = self.ports.setdefault("web", free_port())
+        env = {
+            **self.supervisor_env(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost,shop.example.test",
+            **extra,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "supervisor_project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "on",
+            "--no-proxy-headers",  # test our own X-Forwarded-* handling, not uvicorn's
+        ]
+        proc = self._start("web", cmd, env)
+        wait_until(lambda: _listening(port), timeout=30, what="the supervisor web to listen")
+        return proc
+
+    def start_echo(self) -> Proc:
+        port = self.ports.setdefault("echo", free_port())
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.integration.echo_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        proc = self._start("echo", cmd, dict(os.environ))
+        wait_until(lambda: _listening(port), timeout=30, what="the echo server to listen")
+        return proc
 
     def start_environment(self, name: str) -> Proc:
         port = self.ports.setdefault(name, free_port())
@@ -159,6 +213,16 @@ class Cluster:
         proc = Proc(name, cmd, env, self.tmp / f"{name}.log").start()
         self.procs[name] = proc
         return proc
+
+    def restart(self, name: str) -> Proc:
+        proc = self.procs[name]
+        proc.stop()
+        return proc.start()
+
+    def ensure_web(self, **extra: str) -> str:
+        if "web" not in self.procs:
+            self.start_web(**extra)
+        return f"http://127.0.0.1:{self.ports['web']}"
 
     def url(self, env: str) -> str:
         return f"http://127.0.0.1:{self.ports[env]}"

@@ -11,75 +11,17 @@ import uuid
 import httpx
 import pytest
 import redis
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
-from apps import adapters
 from apps.adapters import transport
 from apps.runtime.routing import using_app
 from apps.supervisor import selectors, services
 from apps.supervisor.models import Application, Environment, StatusChange
-from supervisor_project.celery import app as celery_app
-from tests.integration.cluster import GRACE, INTERVAL, Cluster, wait_until
+from tests.integration.cluster import GRACE, INTERVAL, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def cluster(settings, redis_url, tmp_path, pg_server):
-    """Supervisor mode in this process, a job worker and two environments as subprocesses."""
-    redis.Redis.from_url(redis_url).flushdb()
-    settings.APP_MODE = "supervisor"
-    settings.APP_DISCOVERY_ADAPTER = "remote"
-    settings.APP_PROCESS_ADAPTER = "remote"
-    settings.APP_COMMAND_ADAPTER = "redis"
-    settings.ENVIRONMENT_NAME = ""
-    settings.APP_SUPERVISOR_REDIS_URL = settings.APP_COMMAND_REDIS_URL = redis_url
-    settings.HEARTBEAT_INTERVAL, settings.HEARTBEAT_GRACE = INTERVAL, GRACE
-    settings.CACHES = {
-        **settings.CACHES,
-        "config": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": redis_url,
-            "KEY_PREFIX": "appsup",
-            "TIMEOUT": None,
-            "OPTIONS": {"SERIALIZER": "django_redis.serializers.json.JSONSerializer"},
-        },
-    }
-    old_broker = celery_app.conf.broker_url
-    _reset_celery(redis_url)
-    adapters.discovery.cache_clear()
-    adapters.process.cache_clear()
-    c = Cluster(tmp_path, redis_url)
-    c.server = pg_server
-    c.start_jobs()
-    for name in ("env_a", "env_b"):
-        c.start_environment(name)
-    try:
-        wait_until(
-            lambda: (
-                set(Environment.objects.filter(status="online").values_list("name", flat=True))
-                >= {"env_a", "env_b"}
-            ),
-            timeout=60,
-            what="env_a and env_b to register",
-        )
-        yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop()
-        _reset_celery(old_broker)
-        adapters.discovery.cache_clear()
-        adapters.process.cache_clear()
-
-
-def _reset_celery(broker_url: str) -> None:
-    # Drop references only: kombu keeps pools per URL and hands the same one out again.
-    celery_app.conf.broker_url = broker_url
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
 
 
 def create(cluster, name: str, envs: list[str], **fields) -> Application:
@@ -197,9 +139,9 @@ def test_a_start_on_one_environment_and_a_failure_stops_the_queue(cluster):
 
 
 def test_killed_environment_goes_stale_then_offline_and_comes_back(cluster):
-    create(cluster, "crm", ["env_a", "env_b"])
-    services.application_start(application=Application.objects.get(name="crm"), actor="test")
-    wait_status("crm", {"env_a": "running", "env_b": "running"})
+    create(cluster, "kcrm", ["env_a", "env_b"])
+    services.application_start(application=Application.objects.get(name="kcrm"), actor="test")
+    wait_status("kcrm", {"env_a": "running", "env_b": "running"})
     cluster.procs["env_b"].kill()
     killed = time.monotonic()
     # No flapping: a missed beat is not yet stale (grace), judged by the supervisor's clock.
@@ -210,7 +152,7 @@ def test_killed_environment_goes_stale_then_offline_and_comes_back(cluster):
         what="env_b stale",
     )
     stale_after = time.monotonic() - killed
-    wait_status("crm", {"env_a": "running", "env_b": "unknown"}, timeout=15)
+    wait_status("kcrm", {"env_a": "running", "env_b": "unknown"}, timeout=15)
     offline_after = time.monotonic() - killed
     wait_until(
         lambda: Environment.objects.get(name="env_b").status == "offline",
@@ -221,12 +163,12 @@ def test_killed_environment_goes_stale_then_offline_and_comes_back(cluster):
     # (the detector runs every second here); the margin covers process and poll latency.
     assert stale_after <= INTERVAL + GRACE + 2.5
     assert offline_after <= 2 * INTERVAL + GRACE + 3
-    assert httpx.get(f"{cluster.url('env_a')}/apps/crm/admin/login/").status_code == 200
+    assert httpx.get(f"{cluster.url('env_a')}/apps/kcrm/admin/login/").status_code == 200
 
-    cluster.start_environment("env_b")  # same storage: what it hosts comes back with it
-    wait_status("crm", {"env_a": "running", "env_b": "running"}, timeout=60)
+    cluster.restart("env_b")  # same storage: what it hosts comes back with it
+    wait_status("kcrm", {"env_a": "running", "env_b": "running"}, timeout=60)
     wait_until(
-        lambda: http_status(f"{cluster.url('env_b')}/apps/crm/admin/login/") == 200,
+        lambda: http_status(f"{cluster.url('env_b')}/apps/kcrm/admin/login/") == 200,
         timeout=30,
         what="env_b serving crm again",
     )
@@ -234,23 +176,27 @@ def test_killed_environment_goes_stale_then_offline_and_comes_back(cluster):
 
 def test_clean_shutdown_marks_the_environment_offline_at_once(cluster):
     cluster.procs["env_b"].stop()
-    assert Environment.objects.get(name="env_b").status == "offline"
+    wait_until(
+        lambda: Environment.objects.get(name="env_b").status == "offline",
+        timeout=5,
+        what="env_b offline after its goodbye",
+    )
 
 
 def test_redis_flush_during_operation_recovers_without_a_manual_step(cluster, redis_url):
-    create(cluster, "crm", ["env_a"])
-    services.application_start(application=Application.objects.get(name="crm"), actor="test")
-    wait_status("crm", {"env_a": "running"})
+    create(cluster, "fcrm", ["env_a"])
+    services.application_start(application=Application.objects.get(name="fcrm"), actor="test")
+    wait_status("fcrm", {"env_a": "running"})
     redis.Redis.from_url(redis_url).flushdb()  # config cache, queues and kombu bindings gone
-    assert transport.config_read("crm") is None
+    assert transport.config_read("fcrm") is None
     # Commands still reach environments, reports and heartbeats still reach the supervisor.
     create(cluster, "sales", ["env_a", "env_b"])
     services.application_start(application=Application.objects.get(name="sales"), actor="t")
     wait_status("sales", {"env_a": "running", "env_b": "running"})
     # The periodic refresh rebuilds the config cache from the database.
-    wait_until(lambda: transport.config_read("crm"), timeout=15, what="config cache rebuilt")
-    services.application_stop(application=Application.objects.get(name="crm"), actor="test")
-    wait_status("crm", {"env_a": "stopped"})
+    wait_until(lambda: transport.config_read("fcrm"), timeout=15, what="config cache rebuilt")
+    services.application_stop(application=Application.objects.get(name="fcrm"), actor="test")
+    wait_status("fcrm", {"env_a": "stopped"})
     assert Environment.objects.get(name="env_a").status == "online"
 
 
@@ -288,11 +234,11 @@ def test_ten_concurrent_starts_run_exactly_one_install(cluster):
 
 
 def test_malformed_and_redelivered_messages_change_nothing_and_consumers_go_on(cluster):
-    create(cluster, "crm", ["env_a"])
-    application = Application.objects.get(name="crm")
+    create(cluster, "mcrm", ["env_a"])
+    application = Application.objects.get(name="mcrm")
     services.application_start(application=application, actor="test")
-    wait_status("crm", {"env_a": "running"})
-    before = len(history("crm"))
+    wait_status("mcrm", {"env_a": "running"})
+    before = len(history("mcrm"))
     command_id = str(application.deployments.get().command_id)
     for bad in (
         {"v": 9},
@@ -301,14 +247,14 @@ def test_malformed_and_redelivered_messages_change_nothing_and_consumers_go_on(c
             "v": 1,
             "type": "command",
             "env": "env_b",
-            "app": "crm",
+            "app": "mcrm",
             "action": "stop",
             "id": str(uuid.uuid4()),
             "sent_at": 1.0,
         },
     ):
-        transport.publish("workers.tasks.env_command", bad, to="env.env_a")
-        transport.publish("workers.tasks.supervisor_message", bad, to="supervisor")
+        transport.publish("workers.tasks.env_command", bad, to=transport.env_queue("env_a"))
+        transport.publish("workers.tasks.supervisor_message", bad, to=settings.SUPERVISOR_QUEUE)
     # The same start again (as a redelivery after a lost ack would be): nothing happens.
     transport.publish(
         "workers.tasks.env_command",
@@ -316,17 +262,17 @@ def test_malformed_and_redelivered_messages_change_nothing_and_consumers_go_on(c
             "v": 1,
             "type": "command",
             "id": command_id,
-            "app": "crm",
+            "app": "mcrm",
             "env": "env_a",
             "action": "start",
             "drop_database": False,
             "sent_at": time.time(),
         },
-        to="env.env_a",
+        to=transport.env_queue("env_a"),
     )
     services.application_stop(application=application, actor="test")  # consumers still work
-    wait_status("crm", {"env_a": "stopped"})
-    assert [r.new_status for r in history("crm")[before:]] == ["stopped"]
+    wait_status("mcrm", {"env_a": "stopped"})
+    assert [r.new_status for r in history("mcrm")[before:]] == ["stopped"]
     assert "rejected command" in cluster.procs["env_a"].output()
     assert "rejected message" in cluster.procs["jobs"].output()
 

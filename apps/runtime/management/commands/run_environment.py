@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
 import supervisor_project
+from apps.adapters import transport
 from apps.runtime import hosting
 from workers import messages
 from workers.tasks import send_to_supervisor
@@ -97,7 +98,7 @@ class Command(BaseCommand):
                 "supervisor_project",
                 "worker",
                 "-Q",
-                f"env.{name}",
+                transport.env_queue(name),
                 "-n",
                 f"{name}@%h",
                 "--concurrency",
