@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTHON ?= python3
 
-.PHONY: run test test-sqlite test-postgres lint format clean cluster
+.PHONY: run test test-sqlite test-postgres lint format clean cluster browser
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,16 @@ cluster: $(VENV)/.installed
 	$(PY) bin/cluster.py
 
 ## make test: the whole suite, on SQLite and on PostgreSQL.
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgres
+
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| { echo "could not install chromium: run 'apt-get install chromium' as root"; exit 1; }; }
 
 test-sqlite: $(VENV)/.installed
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \

@@ -17,6 +17,7 @@ class TenantAdminSite(admin.AdminSite):
         if spec is not None:
             context["site_header"] = spec.title
             context["site_title"] = spec.title
+            context["site_url"] = f"/apps/{spec.name}/"
         return context
 
 
