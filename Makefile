@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTHON ?= python3
 
-.PHONY: run test test-sqlite test-postgres lint format clean cluster browser
+.PHONY: run test test-sqlite test-postgres lint format clean cluster browser bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ run: $(VENV)/.installed
 ## make cluster: supervisor + env_a + env_b on this machine (PostgreSQL + Redis, no Docker).
 cluster: $(VENV)/.installed
 	$(PY) bin/cluster.py
+
+## make bench: benchmarks (not tests); tables on stdout, JSON under bench/results/.
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+	$(PY) bench/proxy.py $(BENCH_ARGS)
 
 ## make test: the whole suite, on SQLite and on PostgreSQL.
 test: $(VENV)/.installed browser

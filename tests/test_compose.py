@@ -734,7 +734,7 @@ def test_celery_queues_are_the_ones_the_code_sends_to():
     assert settings.CELERY_TASK_DEFAULT_QUEUE == settings.SUPERVISOR_QUEUE
     # ... commands to env.<ENVIRONMENT_NAME>, which run_environment's worker consumes.
     source = RUN_ENVIRONMENT.read_text(encoding="utf-8")
-    assert re.search(r'"-Q",\s*f"env\.\{name\}"', source), "run_environment's queue changed"
+    assert "transport.env_queue(name)" in source, "run_environment's queue changed"
     assert "name = settings.ENVIRONMENT_NAME" in source
     for name in WORKERS:
         env_name = env_of(name)["ENVIRONMENT_NAME"]

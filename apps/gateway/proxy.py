@@ -121,7 +121,11 @@ async def decide_for_scope(scope: dict[str, Any]) -> routing.Decision | None:
             route = await sync_to_async(routing.cached_route, thread_sensitive=False)(parsed[0])
     else:
         route = False
-        if host and not path.startswith("/apps/") and routing.peek_domain(host) is False:
+        if (
+            routing.may_be_custom_domain(host)
+            and not path.startswith("/apps/")
+            and routing.peek_domain(host) is False
+        ):
             await sync_to_async(routing.domain_app, thread_sensitive=False)(host)
     return routing.decide(
         path,

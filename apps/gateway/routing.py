@@ -8,6 +8,7 @@ side effects (a lazy start, attaching a database) are carried out by `carry_out`
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 import threading
@@ -107,6 +108,18 @@ def peek_domain(host: str) -> str | bool | None:
     return False
 
 
+def may_be_custom_domain(host: str) -> bool:
+    """Only a dotted name can be an app's custom domain (never an IP literal or localhost):
+    requests to the supervisor by address cost no lookup."""
+    if not host or "." not in host or host.endswith(".localhost"):
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return False
+
+
 def forget_route(name: str) -> None:
     with _routes_lock:
         _routes.pop(name, None)
@@ -157,7 +170,7 @@ def decide(
     `chosen` is the environment named in the query (ENV_PARAM), `remembered` the one in the
     app's cookie; `route` may be passed in when the caller already has it.
     """
-    if host and not path.startswith("/apps/"):
+    if may_be_custom_domain(host) and not path.startswith("/apps/"):
         name = domain_app(host) if peek_domain(host) is False else peek_domain(host)
         if name:
             return Redirect(f"/apps/{name}{path}")  # a custom domain is served as its app
