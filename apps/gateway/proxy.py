@@ -11,6 +11,7 @@ One pooled httpx.AsyncClient per process. Bodies stream both ways, never whole i
 from __future__ import annotations
 
 import logging
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote
 
@@ -64,6 +65,10 @@ def client() -> httpx.AsyncClient:
             ),
             follow_redirects=False,
             trust_env=False,
+            # The client is shared by every user: it must never keep a Set-Cookie from one
+            # response and send it with another user's request (httpx keeps cookies by
+            # default). A jar whose policy accepts no domain stores nothing.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
     return _client
 

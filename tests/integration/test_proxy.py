@@ -126,6 +126,14 @@ def test_request_and_response_are_forwarded_faithfully(echo):
         assert moved.headers["location"] == "/apps/echo/echo"  # not the environment's address
 
 
+def test_the_shared_client_never_carries_one_users_cookies_to_another(echo):
+    web, _ = echo
+    first = httpx.get(f"{web}/apps/echo/cookies")  # an upstream sets cookies for user A
+    assert len(first.headers.get_list("set-cookie")) == 2
+    reply = httpx.get(f"{web}/apps/echo/echo").json()  # user B, who sends none
+    assert "cookie" not in dict(reply["headers"])
+
+
 def test_the_target_is_never_taken_from_the_request(echo):
     web, _environment = echo
     with httpx.Client(base_url=web) as client:
