@@ -270,6 +270,8 @@ if APP_SUPERVISOR_REDIS_URL:
     }
 # How often the supervisor rewrites the whole config cache from its database (seconds).
 APP_CONFIG_REFRESH_INTERVAL = env_int("APP_CONFIG_REFRESH_INTERVAL", 60, minimum=1)
+# Reconciliation retries a failed start (status `error`) only after this many seconds.
+APP_START_RETRY_AFTER = env_int("APP_START_RETRY_AFTER", 300, minimum=0)
 # Offline environments not seen for this long may be purged (seconds; 0 = never).
 ENVIRONMENT_PURGE_AFTER = env_int("ENVIRONMENT_PURGE_AFTER", 7 * 86400)
 # Listen address of an environment's ASGI server (default: ENVIRONMENT_URL's port, loopback).

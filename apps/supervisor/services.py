@@ -557,8 +557,9 @@ def environment_reconcile(environment: Environment, hosted: dict[str, dict[str, 
     """Bring what an environment runs in line with what we want there.
 
     Its reported states are stored (older ones are dropped); an app that should run and does
-    not, with no start under way, is started again; one that should not run is stopped; one
-    that is not ours any more is removed (its data is kept).
+    not, with no start under way, is started again (a failed one only after
+    APP_START_RETRY_AFTER, so a broken app is not retried on every beat); one that should not
+    run is stopped; one that is not ours any more is removed (its data is kept).
     """
     deployments = {
         d.application.name: d
@@ -582,7 +583,11 @@ def environment_reconcile(environment: Environment, hosted: dict[str, dict[str, 
         deployment.refresh_from_db()
         state = hosted.get(name, {})
         running_there = state.get("status") in ("running", *IN_PROGRESS)
-        if deployment.desired == Desired.RUNNING and not running_there:
+        failed_recently = deployment.status == AppStatus.ERROR and (
+            deployment.status_at
+            > timezone.now() - timedelta(seconds=settings.APP_START_RETRY_AFTER)
+        )
+        if deployment.desired == Desired.RUNNING and not running_there and not failed_recently:
             restarted = (
                 Deployment.objects.filter(pk=deployment.pk)
                 .exclude(_start_in_flight())

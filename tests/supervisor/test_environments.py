@@ -170,3 +170,26 @@ def test_purge_forgets_only_offline_environments_seen_long_ago(capsys):
     # It comes back: it registers anew, with no deployments.
     services.environment_heartbeat(beat("old", started_at=3000.0))
     assert Environment.objects.get(name="old").status == "online"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconciliation_retries_a_failed_start_only_after_the_back_off(settings):
+    services.environment_heartbeat(beat("env_a"))
+    app = services.application_create(
+        name="flaky",
+        title="Flaky",
+        environments=["env_a"],
+        db_type="new_database",
+        db_host="127.0.0.1",
+        db_port=1,
+    )
+    services.application_start(application=app, actor="test")
+    failed = Deployment.objects.get(application=app)
+    assert failed.status == "error" and failed.desired == "running"
+    stopped_there = {"flaky": {"status": "stopped", "command_id": None, "at": 1}}
+    services.environment_heartbeat(beat("env_a", apps=stopped_there))
+    assert Deployment.objects.get(pk=failed.pk).command_id == failed.command_id  # not retried
+    later = datetime.now(UTC) + timedelta(seconds=settings.APP_START_RETRY_AFTER + 1)
+    with time_machine.travel(later, tick=False):
+        services.environment_heartbeat(beat("env_a", apps=stopped_there))
+    assert Deployment.objects.get(pk=failed.pk).command_id != failed.command_id  # retried
