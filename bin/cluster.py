@@ -20,6 +20,10 @@ import psycopg2
 from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are one level up
+
+from supervisor_project.processes import asgi_server_argv, celery_worker_argv  # noqa: E402
+
 PY = sys.executable
 
 
@@ -145,39 +149,13 @@ def main() -> None:
     )
     sup_storage = files["supervisor"]["STORAGE_DIR"]
     commands = {
-        "supervisor": [
-            PY,
-            "-m",
-            "uvicorn",
-            "supervisor_project.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["supervisor"]),
-            "--lifespan",
-            "on",
-        ],
-        "jobs": [
-            PY,
-            "-m",
-            "celery",
-            "-A",
-            "supervisor_project",
-            "worker",
-            "-Q",
+        "supervisor": asgi_server_argv("127.0.0.1", ports["supervisor"], "--lifespan", "on"),
+        "jobs": celery_worker_argv(
             "supervisor",
-            "-B",
-            "-s",
-            f"{sup_storage}/celerybeat-schedule",
-            "-n",
             "supervisor@%h",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
+            concurrency=2,
+            beat_schedule=f"{sup_storage}/celerybeat-schedule",
+        ),
         "env_a": [*manage, "run_environment"],
         "env_b": [*manage, "run_environment"],
     }

@@ -18,6 +18,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from supervisor_project.processes import asgi_server_argv, celery_worker_argv
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-cluster-secret-key-that-is-long-enough-0123456789"
 INTERVAL, GRACE = 1, 1
@@ -131,27 +133,12 @@ class Cluster:
 
     def start_jobs(self) -> Proc:
         env = self.supervisor_env()
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "supervisor_project",
-            "worker",
-            "-Q",
+        cmd = celery_worker_argv(
             settings.SUPERVISOR_QUEUE,
-            "-B",
-            "-s",
-            str(self.tmp / "celerybeat-schedule"),
-            "-n",
             f"supervisor-{os.getpid()}@%h",
-            "--concurrency",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ]
+            concurrency=2,
+            beat_schedule=str(self.tmp / "celerybeat-schedule"),
+        )
         return self._start("jobs", cmd, env)
 
     def start_web(self, **extra: str) -> Proc:
@@ -162,35 +149,15 @@ class Cluster:
             "ALLOWED_HOSTS": "127.0.0.1,localhost,shop.example.test",
             **extra,
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "supervisor_project.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--lifespan",
-            "on",
-            "--no-proxy-headers",  # test our own X-Forwarded-* handling, not uvicorn's
-        ]
+        # --no-proxy-headers: test our own X-Forwarded-* handling, not uvicorn's.
+        cmd = asgi_server_argv("127.0.0.1", port, "--lifespan", "on", "--no-proxy-headers")
         proc = self._start("web", cmd, env)
         wait_until(lambda: _listening(port), timeout=30, what="the supervisor web to listen")
         return proc
 
     def start_echo(self) -> Proc:
         port = self.ports.setdefault("echo", free_port())
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.integration.echo_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        cmd = asgi_server_argv("127.0.0.1", port, app="tests.integration.echo_app:app")
         proc = self._start("echo", cmd, dict(os.environ))
         wait_until(lambda: _listening(port), timeout=30, what="the echo server to listen")
         return proc

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,12 @@ from django.conf import settings
 from django.db import connection
 from psycopg2 import sql
 
+from supervisor_project.processes import asgi_server_argv
 from tests.conftest import RUN_ID
+from tests.integration.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_RE = re.compile(r"superuser: admin / (\S+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -85,18 +80,7 @@ def server(env):
     boot = manage(env, "bootstrap_local").stdout
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "supervisor_project.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--lifespan",
-            "on",
-        ],
+        asgi_server_argv("127.0.0.1", port, "--lifespan", "on"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -15,7 +15,6 @@ import ctypes
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from django.db import close_old_connections
 import supervisor_project
 from apps.adapters import transport
 from apps.runtime import hosting
+from supervisor_project.processes import asgi_server_argv, celery_worker_argv
 from workers import messages
 from workers.tasks import send_to_supervisor
 
@@ -90,40 +90,14 @@ class Command(BaseCommand):
         for app in hosting.heal_interrupted(env=name, send=send_to_supervisor):
             log.warning("start of %s was interrupted by a restart; reported as failed", app)
         children = {
+            # Prefork: the hard time limit needs it; one command at a time keeps order.
             "worker": [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "supervisor_project",
-                "worker",
-                "-Q",
-                transport.env_queue(name),
-                "-n",
-                f"{name}@%h",
-                "--concurrency",
-                "1",
+                *celery_worker_argv(transport.env_queue(name), f"{name}@%h", concurrency=1),
                 "--pool",
                 "prefork",
-                "--without-gossip",
-                "--without-mingle",
                 "--without-heartbeat",
-                "--loglevel",
-                "INFO",
             ],
-            "web": [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "supervisor_project.asgi:application",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--lifespan",
-                "on",
-                "--no-server-header",
-            ],
+            "web": asgi_server_argv(host, port, "--lifespan", "on", "--no-server-header"),
         }
         runner = EnvironmentRunner(
             name=name,

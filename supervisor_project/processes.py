@@ -1,0 +1,43 @@
+"""Command lines of the project's long-running processes, in one place.
+
+run_environment, `make cluster`, the benchmarks and the integration tests start the same
+Celery workers and ASGI servers; they all build the command here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def celery_worker_argv(
+    queue: str, node: str, *, concurrency: int, beat_schedule: str = "", loglevel: str = "INFO"
+) -> list[str]:
+    """A Celery worker consuming `queue` (with beat when `beat_schedule` names its file)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "supervisor_project",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        node,
+        "--concurrency",
+        str(concurrency),
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        loglevel,
+    ]
+    if beat_schedule:
+        argv += ["-B", "-s", beat_schedule]
+    return argv
+
+
+def asgi_server_argv(
+    host: str, port: int, *extra: str, app: str = "supervisor_project.asgi:application"
+) -> list[str]:
+    """uvicorn serving `app` (the project's ASGI application by default)."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), *extra]
