@@ -4,6 +4,10 @@ Commands (supervisor -> env.<name> queue), reports, heartbeats, goodbyes and sta
 (environment -> supervisor queue) are plain JSON objects. `decode` refuses anything that is
 not exactly one of them; callers log and drop what it refuses, so one bad message never stops
 a consumer.
+
+On the queues every message also carries a signed envelope (`kid`, `ts`, `mid`, `sig`):
+workers.signing adds it when a message is published and checks it before `decode` runs.
+`decode` ignores those fields, so it validates the same message with or without them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 import uuid
 from typing import Any, Literal, NotRequired, TypedDict
 
+from supervisor_project.envconfig import http_url_problem
+
 VERSION = 1
 MAX_TEXT = 4000
 MAX_APPS_IN_HEARTBEAT = 10_000
@@ -19,10 +25,16 @@ MAX_APPS_IN_HEARTBEAT = 10_000
 ACTIONS = ("create", "start", "stop", "restart", "remove", "ping")
 STATUSES = ("stopped", "preparing", "initializing", "initialized", "running", "error", "not_found")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+NAME = _NAME  # an environment's or app's name (workers.signing checks `kid` with it)
 
 
 class MessageError(ValueError):
-    """A message that is not one we accept; the text says why (for the log)."""
+    """A message we do not accept: the text says why (for the log), `reason` is a short
+    token (for the rejected-messages metric)."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class Command(TypedDict):
@@ -46,6 +58,18 @@ class Report(TypedDict):
     detail: str
     at: int  # nanoseconds on the environment's clock: orders reports of one environment
     credentials: NotRequired[dict[str, str]]  # a generated initial superuser, shown once
+
+
+class Pong(TypedDict):
+    """An environment's reply to a `ping` command: a report of kind "pong" (no app, no
+    status), carrying the ping's command id."""
+
+    v: int
+    type: Literal["report"]
+    kind: Literal["pong"]
+    env: str
+    command_id: str
+    at: int  # nanoseconds on the environment's clock
 
 
 class Heartbeat(TypedDict):
@@ -85,6 +109,16 @@ def _str(data: dict, key: str, *, pattern: re.Pattern | None = None, limit: int 
     return value
 
 
+def _url(data: dict, key: str, *, optional: bool = False) -> str:
+    """An environment's address: the proxy forwards to it, so only a plain http(s) URL."""
+    value = _str(data, key)
+    if not value and optional:
+        return ""
+    if problem := http_url_problem(value):
+        raise MessageError(f"{key} {problem}")
+    return value
+
+
 def _uuid(data: dict, key: str, *, optional: bool = False) -> str | None:
     value = data.get(key)
     if value is None and optional:
@@ -106,11 +140,18 @@ def _number(data: dict, key: str, kind: type = float, minimum: float = 0) -> Any
     return kind(value)
 
 
-def decode(data: Any) -> Command | Report | Heartbeat | Goodbye | StartRequest:
+def _no_app(data: dict) -> str:
+    """A ping names no app."""
+    if data.get("app", "") != "":
+        raise MessageError("a ping names no app")
+    return ""
+
+
+def decode(data: Any) -> Command | Report | Pong | Heartbeat | Goodbye | StartRequest:
     if not isinstance(data, dict):
         raise MessageError("a message must be a JSON object")
     if data.get("v") != VERSION:
-        raise MessageError(f"unsupported message version {data.get('v')!r}")
+        raise MessageError(f"unsupported message version {data.get('v')!r}", "bad_version")
     kind = data.get("type")
     env = _str(data, "env", pattern=_NAME)
     if kind == "command":
@@ -125,9 +166,23 @@ def decode(data: Any) -> Command | Report | Heartbeat | Goodbye | StartRequest:
             id=_uuid(data, "id"),
             env=env,
             action=action,
-            app=_str(data, "app", pattern=_NAME) if action != "ping" else data.get("app") or "",
+            app=_str(data, "app", pattern=_NAME) if action != "ping" else _no_app(data),
             drop_database=data.get("drop_database", False),
             sent_at=_number(data, "sent_at"),
+        )
+    if kind == "report" and "kind" in data:
+        if data["kind"] != "pong":
+            raise MessageError(f"unknown report kind {str(data['kind'])[:40]!r}")
+        extra = sorted({"app", "status", "detail", "credentials"} & data.keys())
+        if extra:
+            raise MessageError(f"a pong carries no {', '.join(extra)}")
+        return Pong(
+            v=VERSION,
+            type="report",
+            kind="pong",
+            env=env,
+            command_id=_uuid(data, "command_id"),
+            at=_number(data, "at", int),
         )
     if kind == "report":
         status = _str(data, "status")
@@ -175,8 +230,8 @@ def decode(data: Any) -> Command | Report | Heartbeat | Goodbye | StartRequest:
             v=VERSION,
             type="heartbeat",
             env=env,
-            url=_str(data, "url"),
-            proxy_url=_str(data, "proxy_url"),
+            url=_url(data, "url"),
+            proxy_url=_url(data, "proxy_url", optional=True),
             version=_str(data, "version", limit=64),
             started_at=_number(data, "started_at"),
             interval=_number(data, "interval", int, minimum=1),
