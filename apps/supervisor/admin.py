@@ -10,21 +10,18 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from apps.supervisor import selectors, services
-from apps.supervisor.models import Application, Environment
+from apps.supervisor import live, selectors, services
+from apps.supervisor.models import Application, Deployment, Environment
 from apps.supervisor.statuses import DISPLAY_STATUSES, UNKNOWN, EnvStatus
 
 admin.site.site_header = "App Supervisor"
 admin.site.site_title = "App Supervisor"
 admin.site.index_title = "Applications and environments"
-
-
-def status_badge(status: str) -> str:
-    return format_html('<span class="app-status app-status-{0}">{0}</span>', status)
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -38,12 +35,13 @@ class StatusFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
+        # EXISTS, not a join + DISTINCT: with 10,000 apps the DISTINCT count took 350 ms.
+        shown = Deployment.objects.filter(application=OuterRef("pk"))
         if value == UNKNOWN:
-            return queryset.filter(deployments__environment__status=EnvStatus.OFFLINE).distinct()
-        return (
-            queryset.filter(deployments__status=value)
-            .exclude(deployments__environment__status=EnvStatus.OFFLINE)
-            .distinct()
+            return queryset.filter(Exists(shown.filter(environment__status=EnvStatus.OFFLINE)))
+        # A deployment shows its stored status unless its environment is offline (`unknown`).
+        return queryset.filter(
+            Exists(shown.filter(status=value).exclude(environment__status=EnvStatus.OFFLINE))
         )
 
 
@@ -56,7 +54,10 @@ class EnvironmentFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value():
-            return queryset.filter(deployments__environment__name=self.value()).distinct()
+            there = Deployment.objects.filter(
+                application=OuterRef("pk"), environment__name=self.value()
+            )
+            return queryset.filter(Exists(there))
         return queryset
 
 
@@ -113,7 +114,11 @@ class ApplicationAdmin(admin.ModelAdmin):
     search_fields = ["name", "title", "custom_domain"]
     list_per_page = 100
     actions = ["start_apps", "stop_apps", "restart_apps", "delete_apps", "delete_apps_with_data"]
-    readonly_fields = ["history"]
+    readonly_fields = ["status_detail", "history"]
+
+    class Media:
+        js = ["supervisor/live.js"]
+
     fieldsets = [
         (
             None,
@@ -134,6 +139,7 @@ class ApplicationAdmin(admin.ModelAdmin):
             {"fields": ["db_type", "db_host", "db_port", "db_user", "db_password", "db_database"]},
         ),
         ("Options", {"fields": ["options"], "classes": ["collapse"]}),
+        ("Status", {"fields": ["status_detail"]}),
         ("History", {"fields": ["history"]}),
     ]
 
@@ -147,7 +153,7 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
-            return self.fieldsets[:-1]
+            return self.fieldsets[:-2]
         return self.fieldsets
 
     def get_actions(self, request):
@@ -162,14 +168,51 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     @admin.display(description="environments")
     def statuses(self, obj: Application):
-        now = timezone.now()
         return format_html_join(
             " ",
-            '<span class="app-env">{}: <span class="app-status app-status-{}">{}</span></span>',
+            '<span class="app-env" data-deployment="{}">{}: '
+            '<span class="app-status app-status-{}">{}</span>'
+            '<span class="app-step{}">{}</span></span>',
             (
-                (d.environment.name, s, s)
-                for d in obj.deployments.all()
-                for s in [selectors.deployment_status(d, now)]
+                (
+                    i["id"],
+                    i["env"],
+                    i["status"],
+                    i["status"],
+                    " app-step-error" if i["error"] else "",
+                    i["error"] or i["step"],
+                )
+                for i in live.deployment_items(obj.deployments.all(), timezone.now()).values()
+            ),
+        )
+
+    @admin.display(description="status per environment")
+    def status_detail(self, obj: Application):
+        items = live.deployment_items(
+            obj.deployments.select_related("environment", "application"), timezone.now()
+        )
+        if not items:
+            return "on no environment"
+        return format_html(
+            "<table><tr><th>environment</th><th>status</th><th>wanted</th>"
+            "<th>step, or error and when</th></tr>{}</table>",
+            format_html_join(
+                "",
+                '<tr data-deployment="{}"><td>{}</td>'
+                '<td><span class="app-status app-status-{}">{}</span></td><td>{}</td>'
+                '<td><span class="app-step{}">{}</span></td></tr>',
+                (
+                    (
+                        i["id"],
+                        i["env"],
+                        i["status"],
+                        i["status"],
+                        i["desired"],
+                        " app-step-error" if i["error"] else "",
+                        f"{i['error']} ({i['at']})" if i["error"] else i["step"],
+                    )
+                    for i in items.values()
+                ),
             ),
         )
 
@@ -179,7 +222,7 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     @admin.display(description="recent status changes")
     def history(self, obj: Application):
-        rows = selectors.application_history(obj)[:20]
+        rows = selectors.application_history(obj)[:50]
         if not rows:
             return "none yet"
         return format_html(
@@ -342,10 +385,10 @@ class EnvironmentAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "liveness",
+        "last_seen",
         "version",
         "url",
         "proxy_url",
-        "last_heartbeat_at",
         "started_at",
     ]
     search_fields = ["name", "url"]
@@ -360,7 +403,11 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "last_heartbeat_at",
         "next_deadline_at",
         "created_at",
+        "registration_history",
     ]
+
+    class Media:
+        js = ["supervisor/live.js"]
 
     actions = ["purge_offline"]
 
@@ -382,6 +429,59 @@ class EnvironmentAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def _live_attrs(self, obj: Environment) -> dict:
+        item = live.environment_item(obj, timezone.now())
+        return {
+            "state": item["state"],
+            "stored": item["stored"],
+            "at": item["last_heartbeat_at"] or "",
+            "interval": item["interval"] or "",
+            "grace": item["grace"],
+        }
+
     @admin.display(description="status")
     def liveness(self, obj: Environment):
-        return status_badge(selectors.environment_state(obj))
+        a = self._live_attrs(obj)
+        return format_html(
+            '<span class="app-status app-status-{}" data-env-state="{}" data-stored="{}" '
+            'data-at="{}" data-interval="{}" data-grace="{}">{}</span>',
+            a["state"],
+            obj.name,
+            a["stored"],
+            a["at"],
+            a["interval"],
+            a["grace"],
+            a["state"],
+        )
+
+    @admin.display(description="last seen", ordering="last_heartbeat_at")
+    def last_seen(self, obj: Environment):
+        a = self._live_attrs(obj)
+        return format_html(
+            '<span data-heartbeat="{}" data-stored="{}" data-at="{}" data-interval="{}" '
+            'data-grace="{}" title="{}">{}</span>',
+            obj.name,
+            a["stored"],
+            a["at"],
+            a["interval"],
+            a["grace"],
+            a["at"],
+            a["at"] or "never",
+        )
+
+    @admin.display(description="registration history")
+    def registration_history(self, obj: Environment):
+        rows = selectors.environment_history(obj.name)[:50]
+        if not rows:
+            return "none recorded"
+        return format_html(
+            "<table><tr><th>when</th><th>event</th><th>detail</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (r.at.isoformat(timespec="milliseconds"), r.get_kind_display(), r.detail)
+                    for r in rows
+                ),
+            ),
+        )

@@ -6,11 +6,13 @@ supervisor.E003 ENVIRONMENT_NAME missing/bad supervisor.E009 SECRET_KEY missing
 supervisor.E004 Redis URL missing/bad        supervisor.E010 adapter not in this build
 supervisor.E005 ENVIRONMENT_URL not http(s)  supervisor.E011 ENV_FILE unreadable
 supervisor.E006 bad number/boolean/level     supervisor.E012 APP_DB_PREFIX / schema db bad
-supervisor.W001 APP_COMMAND_ADPATER misspelled
+supervisor.E013 METRICS_TOKEN / METRICS_DIR  supervisor.W001 APP_COMMAND_ADPATER misspelled
+supervisor.E014 message secrets / keys       supervisor.W002 environment holds master secrets
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from django.conf import settings
@@ -100,6 +102,7 @@ def check_settings(app_configs=None, **kwargs):
                     "APP_MODE=worker needs ENVIRONMENT_URL (http or https).", id="supervisor.E005"
                 )
             )
+        messages += _signing_problems(mode)
     if settings.ENVIRONMENT_NAME and not ENV_NAME_RE.fullmatch(settings.ENVIRONMENT_NAME):
         messages.append(
             Error(
@@ -124,7 +127,75 @@ def check_settings(app_configs=None, **kwargs):
                 id="supervisor.E012",
             )
         )
+    messages += _metrics_dir_problems()
     return messages
+
+
+def _signing_problems(mode: str) -> list[Error | Warning]:
+    """Every queue message is signed (workers.signing): the supervisor derives each
+    environment's key from the master secrets; an environment should hold only its own."""
+    secrets, keys = settings.APP_MESSAGE_SECRETS, settings.APP_ENVIRONMENT_KEYS
+    how = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    if mode == "supervisor":
+        found: list[Error | Warning] = []
+        if not secrets:
+            found.append(
+                Error(
+                    "APP_MODE=supervisor needs APP_MESSAGE_SECRETS: comma-separated secrets of at "
+                    f"least 32 characters, the first signs, all verify (make one with {how}).",
+                    id="supervisor.E014",
+                )
+            )
+        if keys:
+            found.append(
+                Error(
+                    "APP_ENVIRONMENT_KEYS is for environments (APP_MODE=worker); the supervisor "
+                    "derives every environment's key from APP_MESSAGE_SECRETS: unset it.",
+                    id="supervisor.E014",
+                )
+            )
+        return found
+    if secrets and keys:
+        return [
+            Error(
+                "APP_MODE=worker: set APP_ENVIRONMENT_KEYS or APP_MESSAGE_SECRETS, not both "
+                "(APP_ENVIRONMENT_KEYS, the environment's own keys, is the safer).",
+                id="supervisor.E014",
+            )
+        ]
+    if not secrets and not keys:
+        return [
+            Error(
+                "APP_MODE=worker needs APP_ENVIRONMENT_KEYS: print it on the supervisor with "
+                "manage.py environment_key <ENVIRONMENT_NAME> (or, for development only, give it "
+                "the supervisor's APP_MESSAGE_SECRETS).",
+                id="supervisor.E014",
+            )
+        ]
+    if secrets:
+        return [
+            Warning(
+                "APP_MESSAGE_SECRETS on an environment: it holds the master secrets and could "
+                "sign messages as any environment; give it APP_ENVIRONMENT_KEYS instead "
+                "(manage.py environment_key <ENVIRONMENT_NAME> on the supervisor).",
+                id="supervisor.W002",
+            )
+        ]
+    return []
+
+
+def _metrics_dir_problems() -> list[Error]:
+    """METRICS_DIR must be a writable directory: every process writes its counters there."""
+    directory = settings.METRICS_DIR
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [
+            Error(f"METRICS_DIR={str(directory)!r} cannot be created: {exc}.", id="supervisor.E013")
+        ]
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return [Error(f"METRICS_DIR={str(directory)!r} is not writable.", id="supervisor.E013")]
+    return []
 
 
 def startup_errors() -> list[str]:

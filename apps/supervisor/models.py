@@ -36,6 +36,9 @@ class Environment(models.Model):
     # detector (workers/), which selects rows past their deadline through this index.
     next_deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The last `ping` answered: its command id and when its reply was stored (round trip).
+    last_ping_id = models.UUIDField(null=True, blank=True)
+    last_ping_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -166,6 +169,8 @@ class Deployment(models.Model):
     desired = models.CharField(max_length=16, choices=Desired.choices, default=Desired.STOPPED)
     status = models.CharField(max_length=16, choices=AppStatus.choices, default=AppStatus.STOPPED)
     error = models.TextField(blank=True)
+    # The step under way or last done (e.g. "migrating 3/12"), updated by every report.
+    detail = models.CharField(max_length=500, blank=True)
     status_at = models.DateTimeField(default=timezone.now)
     command_id = models.UUIDField(null=True, blank=True)  # the last command asked for
     command_action = models.CharField(max_length=16, blank=True)
@@ -174,6 +179,11 @@ class Deployment(models.Model):
     # queue. Read by the command expiry job.
     command_sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
     reported_command_id = models.UUIDField(null=True, blank=True)  # the last one reported on
+    # The final status the current command was first answered with; "" until then (reset by
+    # every new command). Kept apart from reported_command_id, which any later report (a
+    # command that ran out of order, a beat) overwrites: whether a start is in flight, a stop
+    # under way or a command overdue is judged by this.
+    command_outcome = models.CharField(max_length=16, blank=True)
     # The environment's clock (ns) of the last report stored: an older report never wins.
     reported_at = models.BigIntegerField(null=True, blank=True)
 
@@ -207,6 +217,31 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.old_status} -> {self.new_status}"
+
+
+class EnvironmentEvent(models.Model):
+    """An environment's registration history (kept by name: it outlives a purge)."""
+
+    class Kind(models.TextChoices):
+        REGISTERED = "registered", "registered"
+        RESTARTED = "restarted", "restarted"
+        STALE = "stale", "stale"
+        OFFLINE = "offline", "offline"
+        BACK = "back", "back online"
+        GOODBYE = "goodbye", "stopped cleanly"
+        PURGED = "purged", "purged"
+
+    environment_name = models.CharField(max_length=48)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    at = models.DateTimeField(default=timezone.now)
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["environment_name", "-at"], name="envevent_name_at")]
+
+    def __str__(self) -> str:
+        return f"{self.environment_name} {self.kind}"
 
 
 def new_command_id() -> uuid.UUID:

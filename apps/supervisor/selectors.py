@@ -6,13 +6,27 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Case, CharField, Count, F, Prefetch, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from apps.adapters.base import AppRoute, DeploymentRoute
 from apps.runtime.spec import AppSpec, DbServer, DbSpec
-from apps.supervisor.models import Application, DbType, Deployment, Environment, StatusChange
-from apps.supervisor.statuses import display_status, environment_liveness
+from apps.supervisor.models import (
+    Application,
+    DbType,
+    Deployment,
+    Environment,
+    EnvironmentEvent,
+    StatusChange,
+)
+from apps.supervisor.statuses import (
+    COMMANDING,
+    IN_PROGRESS,
+    UNKNOWN,
+    EnvStatus,
+    display_status,
+    environment_liveness,
+)
 
 
 def environment_state(environment: Environment, now: datetime | None = None) -> str:
@@ -30,7 +44,7 @@ def deployment_status(deployment: Deployment, now: datetime | None = None) -> st
     return display_status(
         status=deployment.status,
         command_id=deployment.command_id,
-        reported_command_id=deployment.reported_command_id,
+        answered=bool(deployment.command_outcome),
         liveness=environment_state(deployment.environment, now),
     )
 
@@ -137,3 +151,48 @@ def application_history(application: Application) -> QuerySet[StatusChange]:
 
 def environment_list() -> QuerySet[Environment]:
     return Environment.objects.all()
+
+
+def environment_history(name: str) -> QuerySet[EnvironmentEvent]:
+    return EnvironmentEvent.objects.filter(environment_name=name)
+
+
+def dashboard(now: datetime | None = None) -> dict:
+    """The admin index's summary, in three queries whatever the number of apps.
+
+    Deployments are counted by display status in SQL with the same rules as
+    deployment_status: unknown on an offline environment, commanding while a command waits
+    for its first report.
+    """
+    now = now or timezone.now()
+    environments = {"online": 0, "stale": 0, "offline": 0}
+    offline = []
+    for environment in Environment.objects.only(
+        "pk", "name", "status", "last_heartbeat_at", "heartbeat_interval"
+    ):
+        state = environment_state(environment, now)
+        environments[state] = environments.get(state, 0) + 1
+        if state == EnvStatus.OFFLINE:
+            offline.append(environment.pk)
+    waiting = Q(command_id__isnull=False) & Q(command_outcome="") & ~Q(status__in=IN_PROGRESS)
+    shown = Case(
+        When(environment_id__in=offline, then=Value(UNKNOWN)),
+        When(waiting, then=Value(COMMANDING)),
+        default=F("status"),
+        output_field=CharField(),
+    )
+    apps = dict(
+        Deployment.objects.annotate(shown=shown)
+        .values_list("shown")
+        .annotate(n=Count("pk"))
+        .values_list("shown", "n")
+    )
+    errors = StatusChange.objects.filter(new_status="error").select_related(
+        "deployment__application", "deployment__environment"
+    )[:10]
+    return {
+        "apps": dict(sorted(apps.items())),
+        "app_count": Application.objects.count(),
+        "environments": environments,
+        "errors": list(errors),
+    }

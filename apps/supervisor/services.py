@@ -13,17 +13,20 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from apps import adapters
+from apps.observability import metrics
+from apps.observability.logcontext import bind
 from apps.runtime.runtime import AppRuntimeError, InstallResult
-from apps.supervisor import selectors
+from apps.supervisor import live, selectors
 from apps.supervisor.models import (
     Application,
     DbType,
     Deployment,
     Environment,
+    EnvironmentEvent,
     StartMode,
     StatusChange,
 )
@@ -139,7 +142,8 @@ def application_set_environments(
     """Make the app live on exactly these environments, in this start-queue order."""
     if not environments:
         raise ValidationError({"environments": "Choose at least one environment."})
-    current = {d.environment_id: d for d in application.deployments.all()}
+    # Locked, then checked: a removed deployment is deleted with its history (_deletable).
+    current = {d.environment_id: d for d in _deletable(application.deployments.all())}
     for position, environment in enumerate(environments):
         deployment = current.pop(environment.pk, None)
         if deployment is None:
@@ -179,14 +183,37 @@ def application_delete(*, application: Application, drop_database: bool, actor: 
             raise ValidationError(
                 f"could not drop the database of {application.name}: {exc}"
             ) from exc
-    transaction.on_commit(lambda name=application.name: adapters.discovery().publish(name, None))
+    with transaction.atomic():
+        _deletable(Deployment.objects.filter(application=application))
+        application.delete()
+        transaction.on_commit(
+            lambda name=application.name: adapters.discovery().publish(name, None)
+        )
     log.info(
         "app %s deleted by %s (database %s)",
         application.name,
         actor or "?",
         "dropped" if drop_database else "kept",
     )
-    application.delete()
+
+
+# A deployment row lock and nothing else. Deployment's default ordering joins its environment,
+# and a plain FOR UPDATE would lock that environment's row too, for as long as the report (or
+# delete) holds the lock: every other report for the same environment, from any job worker,
+# and its heartbeat store would wait in line.
+_ROW_ONLY = ("self",)
+
+
+def _deletable(deployments) -> list[Deployment]:
+    """Lock deployment rows about to be deleted (in the caller's transaction).
+
+    Their history goes with them by cascade. A report being stored meanwhile adds a status
+    change row under the deployment's row lock (deployment_report); unless the delete takes
+    that lock first, its cascade misses the new row and the COMMIT fails on its foreign key
+    (seen as a 500 on an app's delete). Locked first, the delete waits for the report and
+    takes its row along, or the report waits and finds the deployment gone.
+    """
+    return list(deployments.select_for_update(of=_ROW_ONLY))
 
 
 # --- Status reports ----------------------------------------------------------------------
@@ -201,6 +228,7 @@ def deployment_report(
     command_id: uuid.UUID | str | None = None,
     actor: str = "",
     at: int | None = None,
+    result: str = "",
 ) -> bool:
     """Store an observed status (and a history row when it changed).
 
@@ -210,23 +238,61 @@ def deployment_report(
     if status not in AppStatus.values:
         raise ValueError(f"unknown status {status!r}")
     at = at if at is not None else time.time_ns()
-    now = timezone.now()
+    # History is kept in the reporter's time, so that steps reported out of order (two job
+    # workers, a redelivery) still line up as they happened.
+    when = datetime.fromtimestamp(at / 1e9, tz=UTC)
     with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+        deployment = (
+            Deployment.objects.select_for_update(of=_ROW_ONLY).filter(pk=deployment_id).first()
+        )
         if deployment is None:
             return False
+        actor = (actor or deployment.command_actor)[:150]
         if deployment.reported_at is not None and at <= deployment.reported_at:
-            log.info("dropped an out-of-order report for deployment %s", deployment_id)
+            # Older than what is stored: the current state stays, the step joins the history;
+            # but it may still be the current command's answer (a beat told its state first).
+            log.info("out-of-order report for deployment %s: history only", deployment_id)
+            _history_insert(deployment, status, reason, command_id, actor, when)
+            if (
+                status in FINAL
+                and command_id is not None
+                and str(command_id) == str(deployment.command_id)
+                and not deployment.command_outcome
+            ):
+                Deployment.objects.filter(pk=deployment.pk).update(command_outcome=status)
             return False
         old = deployment.status
+        answers = (
+            status in FINAL
+            and command_id is not None
+            and str(command_id) == str(deployment.command_id)
+            and not deployment.command_outcome
+        )
+        if answers and deployment.command_sent_at is not None:  # its latency
+            metrics.command_finished(
+                deployment.command_action or "unknown",
+                result or ("ok" if status != AppStatus.ERROR else "error"),
+                (timezone.now() - deployment.command_sent_at).total_seconds(),
+            )
+        if answers:
+            deployment.command_outcome = status
         deployment.status = status
-        deployment.status_at = now
+        deployment.status_at = when
         deployment.reported_at = at
+        deployment.detail = reason[:500]
         deployment.error = reason if status == AppStatus.ERROR else ""
         if command_id is not None:
             deployment.reported_command_id = command_id
         deployment.save(
-            update_fields=["status", "status_at", "error", "reported_command_id", "reported_at"]
+            update_fields=[
+                "status",
+                "status_at",
+                "detail",
+                "error",
+                "reported_command_id",
+                "reported_at",
+                "command_outcome",
+            ]
         )
         if old != status:
             StatusChange.objects.create(
@@ -234,11 +300,38 @@ def deployment_report(
                 old_status=old,
                 new_status=status,
                 reason=reason[:2000],
-                at=now,
+                at=when,
                 command_id=command_id,
-                actor=(actor or deployment.command_actor)[:150],
+                actor=actor,
             )
+        live.apps_changed([deployment.application_id])
     return True
+
+
+def _history_insert(deployment, status, reason, command_id, actor, when) -> None:
+    """Put a late report's status change where it belongs in the deployment's history."""
+    rows = StatusChange.objects.filter(deployment=deployment)
+    before = rows.filter(at__lte=when).order_by("-at", "-id").first()
+    if before is None or before.new_status == status:
+        return  # no change at that time (or a redelivery of a step already recorded)
+    after = rows.filter(at__gt=when).order_by("at", "id").first()
+    if after is not None and after.new_status == status:
+        # The change was already recorded from a later step: it happened this early.
+        StatusChange.objects.filter(pk=after.pk).update(
+            at=when, reason=reason[:2000], command_id=command_id
+        )
+        return
+    StatusChange.objects.create(
+        deployment=deployment,
+        old_status=before.new_status,
+        new_status=status,
+        reason=reason[:2000],
+        at=when,
+        command_id=command_id,
+        actor=actor,
+    )
+    if after is not None and after.old_status != status:
+        StatusChange.objects.filter(pk=after.pk).update(old_status=status)
 
 
 # --- Commands and the start queue --------------------------------------------------------
@@ -257,8 +350,45 @@ class CommandOutcome:
 
 def _start_in_flight() -> Q:
     """A start asked for whose outcome has not been reported yet."""
-    done = Q(reported_command_id=F("command_id"), status__in=FINAL)
-    return Q(command_action="start", command_id__isnull=False) & ~done
+    return Q(command_action="start", command_id__isnull=False, command_outcome="")
+
+
+def _claim_command(
+    deployment: Deployment,
+    action: str,
+    actor: str,
+    *,
+    sent: bool,
+    when: Q | None = None,
+    unless: Q | None = None,
+    desired: str | None = None,
+) -> bool:
+    """Make a new command the deployment's current one, if the row still matches `when`
+    (and not `unless`); on success `deployment` holds exactly what was claimed.
+
+    Whoever claims dispatches the command it claimed, never one read back afterwards: a
+    start or stop asked in between replaces the row's command, and dispatching that one as
+    this action would send a stop under a start's id (the environment would then take the
+    real start for a redelivery of a finished command and never run it)."""
+    fields: dict[str, Any] = {
+        "command_id": uuid.uuid4(),
+        "command_action": action,
+        "command_actor": actor[:150],
+        "command_sent_at": timezone.now() if sent else None,
+        "command_outcome": "",
+    }
+    if desired is not None:
+        fields["desired"] = desired
+    rows = Deployment.objects.filter(pk=deployment.pk)
+    if when is not None:
+        rows = rows.filter(when)
+    if unless is not None:
+        rows = rows.exclude(unless)
+    if not rows.update(**fields):
+        return False
+    for name, value in fields.items():
+        setattr(deployment, name, value)
+    return True
 
 
 def _dispatch(deployment: Deployment, action: str) -> InstallResult | None:
@@ -269,7 +399,11 @@ def _dispatch(deployment: Deployment, action: str) -> InstallResult | None:
     """
     spec = selectors.application_spec(deployment.application)
 
-    def report(status: str, detail: str) -> None:
+    def report(status: str, detail: str, credentials: dict[str, str] | None = None) -> None:
+        if credentials:  # first: "running" is what makes an operator look for them
+            application_keep_password(
+                deployment.application_id, credentials["username"], credentials["password"]
+            )
         deployment_report(
             deployment_id=deployment.pk,
             status=status,
@@ -278,6 +412,17 @@ def _dispatch(deployment: Deployment, action: str) -> InstallResult | None:
         )
 
     process = adapters.process()
+    live.apps_changed([deployment.application_id])  # queued -> commanding
+    with bind(
+        command_id=str(deployment.command_id),
+        app=deployment.application.name,
+        env=deployment.environment.name,
+        action=action,
+    ):
+        return _send(process, spec, deployment, action, report)
+
+
+def _send(process, spec, deployment: Deployment, action: str, report) -> InstallResult | None:
     try:
         if action == "start":
             return process.start(
@@ -318,15 +463,13 @@ def start_queue_advance(application_id: int) -> CommandOutcome | None:
         )
         for index, deployment in enumerate(queue):
             env = deployment.environment.name
-            finished = deployment.reported_command_id == deployment.command_id and (
-                deployment.status in FINAL
-            )
-            if finished and deployment.status == AppStatus.RUNNING:
+            finished = bool(deployment.command_outcome)
+            if finished and deployment.command_outcome == AppStatus.RUNNING:
                 if env not in outcome.started:
                     outcome.started.append(env)
                 continue
             if finished:  # failed: the queue stops here and says why
-                outcome.failed[env] = deployment.error or deployment.status
+                outcome.failed[env] = deployment.error or deployment.command_outcome
                 for later in queue[index + 1 :]:
                     if later.command_sent_at is None:
                         deployment_report(
@@ -357,42 +500,30 @@ def application_start(*, application: Application, actor: str, wait: bool = True
 
     Idempotent: a running app is upgraded if needed and stays running; a start already under
     way is not started twice (a conditional update claims each environment). With wait=False
-    a local start runs in the background and a generated superuser password is kept for the
-    admin to show once.
+    a local start runs in the background. A generated superuser password is kept (before the
+    "running" it comes with) for the admin to show once, in every mode; a local start with
+    wait also returns it in the outcome.
     """
     outcome = CommandOutcome(application=application.name)
     claimed = []
+    # Skipped only where running is already wanted and a start is under way. After a stop,
+    # an older start may still report `preparing` and the like: a new start must still win.
+    under_way = Q(desired=Desired.RUNNING) & (_start_in_flight() | Q(status__in=IN_PROGRESS))
     for deployment in application.deployments.select_related("environment"):
-        changed = (
-            Deployment.objects.filter(pk=deployment.pk)
-            .exclude(_start_in_flight())
-            .exclude(status__in=IN_PROGRESS)
-            .update(
-                desired=Desired.RUNNING,
-                command_id=uuid.uuid4(),
-                command_action="start",
-                command_actor=actor[:150],
-                command_sent_at=None,
-            )
+        changed = _claim_command(
+            deployment, "start", actor, sent=False, unless=under_way, desired=Desired.RUNNING
         )
         (claimed if changed else outcome.skipped).append(deployment.environment.name)
     if not claimed:
         return outcome
+    live.apps_changed([application.pk])
     if not wait:
-        adapters.background(_advance_and_keep_password, application.pk)
+        adapters.background(start_queue_advance, application.pk)
         outcome.started = claimed
         return outcome
     result = start_queue_advance(application.pk)
     result.skipped = outcome.skipped
     return result
-
-
-def _advance_and_keep_password(application_id: int) -> None:
-    result = start_queue_advance(application_id)
-    if result and result.install and result.install.admin_password:
-        application_keep_password(
-            application_id, result.install.admin_username, result.install.admin_password
-        )
 
 
 def application_keep_password(application_id: int, username: str, password: str) -> None:
@@ -412,14 +543,7 @@ def application_stop(*, application: Application, actor: str) -> CommandOutcome:
     """Stop the app everywhere (not queued: stopping writes nothing). Its data stays."""
     outcome = CommandOutcome(application=application.name)
     for deployment in application.deployments.select_related("environment", "application"):
-        Deployment.objects.filter(pk=deployment.pk).update(
-            desired=Desired.STOPPED,
-            command_id=uuid.uuid4(),
-            command_action="stop",
-            command_actor=actor[:150],
-            command_sent_at=timezone.now(),
-        )
-        deployment.refresh_from_db()
+        _claim_command(deployment, "stop", actor, sent=True, desired=Desired.STOPPED)
         _dispatch(deployment, "stop")
         deployment.refresh_from_db()
         if deployment.status == AppStatus.ERROR:
@@ -460,7 +584,7 @@ def commands_expire(*, now=None) -> int:
     limit = settings.CELERY_TASK_TIME_LIMIT + settings.HEARTBEAT_GRACE
     stale = (
         Deployment.objects.filter(command_sent_at__lt=now - timedelta(seconds=limit))
-        .exclude(reported_command_id=F("command_id"), status__in=FINAL)
+        .filter(command_outcome="")  # not answered yet
         .select_related("environment")
     )
     expired = 0
@@ -471,6 +595,7 @@ def commands_expire(*, now=None) -> int:
                 status=AppStatus.ERROR,
                 command_id=deployment.command_id,
                 reason=f"no answer from {deployment.environment.name} within {limit} s",
+                result="timeout",
             ):
                 expired += 1
                 start_queue_advance(deployment.application_id)
@@ -479,11 +604,44 @@ def commands_expire(*, now=None) -> int:
     return expired
 
 
+def start_queues_resume() -> int:
+    """Move on every start queue whose next environment waits, unsent, with nobody left to
+    send it: the process that asked died between asking and sending, or its background
+    advance failed. Periodic (beat); safe beside the normal path (dispatch is claimed)."""
+    waiting = (
+        Deployment.objects.filter(
+            desired=Desired.RUNNING,
+            command_action="start",
+            command_id__isnull=False,
+            # Index on command_sent_at: also read by commands_expire.
+            command_sent_at__isnull=True,
+        )
+        .filter(command_outcome="")  # not answered yet
+        .order_by()  # the model's ordering would make DISTINCT per deployment
+        .values_list("application_id", flat=True)
+        .distinct()
+    )
+    resumed = 0
+    for application_id in list(waiting):
+        try:
+            outcome = start_queue_advance(application_id)
+        except Exception:  # one bad app must not stop the others
+            log.exception("could not resume the start queue of application %s", application_id)
+            continue
+        resumed += bool(outcome)
+    return resumed
+
+
 # --- Environments: messages, liveness, reconciliation ------------------------------------
 def environment_message(message: dict[str, Any]) -> None:
     """One decoded message from an environment (workers.messages)."""
     kind = message["type"]
-    if kind == "report":
+    if kind == "report" and message.get("kind") == "pong":
+        # A ping's reply: stored once (a redelivered reply does not move last_ping_at).
+        Environment.objects.filter(name=message["env"]).exclude(
+            last_ping_id=message["command_id"]
+        ).update(last_ping_id=message["command_id"], last_ping_at=timezone.now())
+    elif kind == "report":
         report_ingest(message)
     elif kind == "heartbeat":
         environment_heartbeat(message)
@@ -504,6 +662,12 @@ def report_ingest(report: dict[str, Any]) -> bool:
     if deployment is None:
         log.info("report for %s@%s, which is not deployed there", report["app"], report["env"])
         return False
+    credentials = report.get("credentials")
+    if credentials:  # first, as the status makes an operator look for them; and even from
+        # a report too old to change the status (a heartbeat stored it)
+        application_keep_password(
+            deployment.application_id, credentials["username"], credentials["password"]
+        )
     stored = deployment_report(
         deployment_id=deployment.pk,
         status=report["status"],
@@ -511,21 +675,115 @@ def report_ingest(report: dict[str, Any]) -> bool:
         command_id=report["command_id"],
         at=report["at"],
     )
-    credentials = report.get("credentials")
-    if credentials:  # even from a report too old to change the status (a heartbeat won)
-        application_keep_password(
-            deployment.application_id, credentials["username"], credentials["password"]
-        )
-    if stored and report["status"] in FINAL:
+    if report["status"] in FINAL:
+        # Even when dropped: a heartbeat may have stored this very outcome first (it stores
+        # states without moving queues), and the queue must still move on. Idempotent.
         start_queue_advance(deployment.application_id)
     return stored
 
 
-def environment_heartbeat(beat: dict[str, Any]) -> Environment:
+def _beat_deadline(now: datetime, interval: int) -> datetime:
+    return now + timedelta(seconds=2 * interval + settings.HEARTBEAT_GRACE)
+
+
+def _beat_same(beat: dict[str, Any]) -> dict[str, Any]:
+    """The stored fields a usual beat (the same process of a known, online environment)
+    leaves as they are."""
+    return {
+        "name": beat["env"],
+        "status": EnvStatus.ONLINE,
+        "started_at": datetime.fromtimestamp(beat["started_at"], tz=UTC),
+        "url": beat["url"],
+        "proxy_url": beat["proxy_url"] or beat["url"],
+        "version": beat["version"],
+        "heartbeat_interval": beat["interval"],
+    }
+
+
+def environment_beats(beats: list[dict[str, Any]], *, now: datetime | None = None) -> None:
+    """Store a batch of heartbeats and goodbyes (at most one message per environment: the
+    latest it left for the fold), by the supervisor's clock, and reconcile each environment.
+
+    The usual beats cost a few statements for the whole batch: one read of their
+    environments, one UPDATE per heartbeat interval, one read of their deployments. A beat
+    that changes something (a new, restarted, moved or returning environment) takes
+    environment_heartbeat's path. One bad environment does not stop the rest.
+    """
+    now = now or timezone.now()
+    heartbeats = {b["env"]: b for b in beats if b["type"] == "heartbeat"}
+    known = {e.name: e for e in Environment.objects.filter(name__in=list(heartbeats))}
+    usual: dict[int, list[Environment]] = {}
+    changed: list[dict[str, Any]] = []
+    for name, beat in heartbeats.items():
+        environment, same = known.get(name), _beat_same(beat)
+        if environment is not None and all(
+            getattr(environment, field) == value for field, value in same.items()
+        ):
+            usual.setdefault(beat["interval"], []).append(environment)
+        else:
+            changed.append(beat)
+    refreshed: list[Environment] = []
+    for interval, group in usual.items():
+        deadline = _beat_deadline(now, interval)
+        # Conditional, like the single beat's UPDATE: a row marked offline (or changed) since
+        # the read above is left to the full path.
+        ids = [e.pk for e in group]
+        updated = Environment.objects.filter(
+            pk__in=ids, status=EnvStatus.ONLINE, heartbeat_interval=interval
+        ).update(last_heartbeat_at=now, next_deadline_at=deadline)
+        stored = set(ids)
+        if updated < len(ids):
+            stored = set(
+                Environment.objects.filter(pk__in=ids, last_heartbeat_at=now).values_list(
+                    "pk", flat=True
+                )
+            )
+        for environment in group:
+            if environment.pk in stored:
+                environment.last_heartbeat_at, environment.next_deadline_at = now, deadline
+                live.environment_changed(environment)
+                refreshed.append(environment)
+            else:
+                changed.append(heartbeats[environment.name])
+    deployments: dict[int, list[Deployment]] = {e.pk: [] for e in refreshed}
+    for deployment in Deployment.objects.filter(environment__in=refreshed).select_related(
+        "application", "environment"
+    ):
+        deployments[deployment.environment_id].append(deployment)
+    for environment in refreshed:
+        hosted = heartbeats[environment.name]["apps"]
+        if hosted or deployments[environment.pk]:
+            _each(environment_reconcile, environment, hosted, deployments[environment.pk])
+    for beat in changed:
+        _each(environment_heartbeat, beat, now=now)
+    for beat in beats:
+        if beat["type"] == "goodbye":
+            _each(environment_goodbye, name=beat["env"], started_at=beat["started_at"])
+
+
+def _each(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        log.exception("%s failed for %s", fn.__name__, args[0] if args else kwargs)
+
+
+def environment_heartbeat(beat: dict[str, Any], *, now: datetime | None = None) -> Environment:
     """Register or refresh an environment, by the supervisor's clock, then reconcile it."""
-    now = timezone.now()
+    now = now or timezone.now()
     started_at = datetime.fromtimestamp(beat["started_at"], tz=UTC)
     interval = beat["interval"]
+    deadline = _beat_deadline(now, interval)
+    same = _beat_same(beat)
+    # The usual beat: the same process of a known, online environment. One UPDATE.
+    environment = Environment.objects.filter(**same).first()
+    if environment is not None and Environment.objects.filter(**same).update(
+        last_heartbeat_at=now, next_deadline_at=deadline
+    ):
+        environment.last_heartbeat_at, environment.next_deadline_at = now, deadline
+        live.environment_changed(environment)
+        environment_reconcile(environment, beat["apps"])
+        return environment
     with transaction.atomic():
         environment, created = Environment.objects.select_for_update().get_or_create(
             name=beat["env"], defaults={"started_at": started_at}
@@ -539,21 +797,33 @@ def environment_heartbeat(beat: dict[str, Any]) -> Environment:
         environment.started_at = started_at
         environment.status = EnvStatus.ONLINE
         environment.last_heartbeat_at = now
-        environment.next_deadline_at = now + timedelta(
-            seconds=2 * interval + settings.HEARTBEAT_GRACE
-        )
+        environment.next_deadline_at = deadline
         environment.save()
     if returned or restarted:
-        log.info(
-            "environment %s %s",
-            environment.name,
-            "registered" if created else "returned" if returned else "restarted",
+        kind = (
+            EnvironmentEvent.Kind.REGISTERED
+            if created
+            else EnvironmentEvent.Kind.BACK
+            if returned
+            else EnvironmentEvent.Kind.RESTARTED
         )
+        log.info("environment %s %s", environment.name, kind.label)
+        EnvironmentEvent.objects.create(
+            environment_name=environment.name,
+            kind=kind,
+            at=now,
+            detail=f"version {environment.version}, {environment.url}"[:500],
+        )
+    live.environment_changed(environment, with_deployments=returned)
     environment_reconcile(environment, beat["apps"])
     return environment
 
 
-def environment_reconcile(environment: Environment, hosted: dict[str, dict[str, Any]]) -> None:
+def environment_reconcile(
+    environment: Environment,
+    hosted: dict[str, dict[str, Any]],
+    deployments: list[Deployment] | None = None,
+) -> None:
     """Bring what an environment runs in line with what we want there.
 
     Its reported states are stored (older ones are dropped); an app that should run and does
@@ -561,59 +831,69 @@ def environment_reconcile(environment: Environment, hosted: dict[str, dict[str, 
     APP_START_RETRY_AFTER, so a broken app is not retried on every beat); one that should not
     run is stopped; one that is not ours any more is removed (its data is kept).
     """
-    deployments = {
-        d.application.name: d
-        for d in Deployment.objects.filter(environment=environment).select_related(
-            "application", "environment"
+    if deployments is None:  # else read by the caller, for a batch of environments
+        deployments = list(
+            Deployment.objects.filter(environment=environment).select_related(
+                "application", "environment"
+            )
         )
-    }
+    deployments = {d.application.name: d for d in deployments}
+    finished: set[int] = set()  # apps whose start queue a stored outcome may move on
     for name, state in hosted.items():
         deployment = deployments.get(name)
         if deployment is None:
             _send_remove(environment.name, name)
             continue
-        deployment_report(
-            deployment_id=deployment.pk,
-            status=state["status"],
-            reason="reported by heartbeat",
-            command_id=state["command_id"],
-            at=state["at"],
-        )
-    for name, deployment in deployments.items():
+        if deployment.reported_at is not None and state["at"] <= deployment.reported_at:
+            continue  # nothing newer than what is stored: the usual beat writes nothing
+        if (
+            deployment_report(
+                deployment_id=deployment.pk,
+                status=state["status"],
+                reason="reported by heartbeat",
+                command_id=state["command_id"],
+                at=state["at"],
+            )
+            and state["status"] in FINAL
+        ):
+            finished.add(deployment.application_id)
         deployment.refresh_from_db()
-        state = hosted.get(name, {})
-        running_there = state.get("status") in ("running", *IN_PROGRESS)
+    for name, deployment in deployments.items():
+        # The stored state is the freshest one: a newer state in the beat was stored (and
+        # read back) above, while an older one (a beat folded after a command's own report)
+        # must not count. What the environment does not host at all does not run there.
+        status = deployment.status if name in hosted else AppStatus.STOPPED
+        running_there = status in (AppStatus.RUNNING, *IN_PROGRESS)
         failed_recently = deployment.status == AppStatus.ERROR and (
             deployment.status_at
             > timezone.now() - timedelta(seconds=settings.APP_START_RETRY_AFTER)
         )
+        # Only if nothing changed since it was read: a command asked or a report stored
+        # meanwhile (the caller may have read a batch seconds ago) leaves it to the next beat.
+        unchanged = Q(
+            desired=deployment.desired,
+            command_id=deployment.command_id,
+            reported_at=deployment.reported_at,
+        )
         if deployment.desired == Desired.RUNNING and not running_there and not failed_recently:
-            restarted = (
-                Deployment.objects.filter(pk=deployment.pk)
-                .exclude(_start_in_flight())
-                .update(
-                    command_id=uuid.uuid4(),
-                    command_action="start",
-                    command_actor="reconciliation",
-                    command_sent_at=timezone.now(),
-                )
-            )
-            if restarted:
-                deployment.refresh_from_db()
-                _dispatch(deployment, "start")
-        elif deployment.desired == Desired.STOPPED and state.get("status") == "running":
-            if deployment.command_action == "stop" and deployment.reported_command_id != (
-                deployment.command_id
+            if _claim_command(
+                deployment,
+                "start",
+                "reconciliation",
+                sent=True,
+                when=unchanged,
+                unless=_start_in_flight(),
             ):
+                _dispatch(deployment, "start")
+        elif deployment.desired == Desired.STOPPED and status == AppStatus.RUNNING:
+            if deployment.command_action == "stop" and not deployment.command_outcome:
                 continue  # a stop is under way
-            Deployment.objects.filter(pk=deployment.pk).update(
-                command_id=uuid.uuid4(),
-                command_action="stop",
-                command_actor="reconciliation",
-                command_sent_at=timezone.now(),
-            )
-            deployment.refresh_from_db()
-            _dispatch(deployment, "stop")
+            if _claim_command(deployment, "stop", "reconciliation", sent=True, when=unchanged):
+                _dispatch(deployment, "stop")
+    # A beat can store an outcome before the report that carries it (then dropped as not
+    # newer): the queue moves on here too, or the next environment would wait for good.
+    for application_id in finished:
+        _each(start_queue_advance, application_id)
 
 
 def _send_remove(environment: str, app: str) -> None:
@@ -631,6 +911,10 @@ def environment_goodbye(*, name: str, started_at: float) -> bool:
     )
     if changed:
         log.info("environment %s shut down", name)
+        EnvironmentEvent.objects.create(environment_name=name, kind=EnvironmentEvent.Kind.GOODBYE)
+        environment = Environment.objects.filter(name=name).first()
+        if environment is not None:
+            live.environment_changed(environment, with_deployments=True)
     return bool(changed)
 
 
@@ -655,6 +939,13 @@ def environments_detect_offline(*, now=None) -> list[str]:
                 environment.name,
                 environment.last_heartbeat_at,
             )
+            EnvironmentEvent.objects.create(
+                environment_name=environment.name,
+                kind=EnvironmentEvent.Kind.OFFLINE,
+                at=now,
+                detail=f"no heartbeat since {environment.last_heartbeat_at}",
+            )
+            live.environment_changed(environment, with_deployments=True)
             marked.append(environment.name)
     return marked
 
@@ -672,8 +963,15 @@ def environments_purge(*, older_than: int, names: list[str] | None = None, now=N
         Q(last_heartbeat_at__lt=cutoff) | Q(last_heartbeat_at__isnull=True, created_at__lt=cutoff)
     ):
         with transaction.atomic():
-            Deployment.objects.filter(environment=environment).delete()
+            deployments = Deployment.objects.filter(environment=environment)
+            apps = [d.application_id for d in _deletable(deployments)]
+            deployments.delete()
             environment.delete()
+            EnvironmentEvent.objects.create(
+                environment_name=environment.name, kind=EnvironmentEvent.Kind.PURGED, at=now
+            )
+            live.environment_removed(environment.name)
+            live.apps_changed(apps)
         purged.append(environment.name)
     return purged
 
@@ -732,3 +1030,18 @@ def supervisor_startup(*, actor: str = "supervisor start-up") -> list[CommandOut
     for application in to_start.distinct():
         outcomes.append(application_start(application=application, actor=actor, wait=False))
     return outcomes
+
+
+# --- Ping ----------------------------------------------------------------------------------
+def environment_ping(*, name: str) -> uuid.UUID:
+    """Send a no-op `ping` to an environment's command queue and return its command id.
+
+    The environment answers with a pong report; environment_message stores it in
+    Environment.last_ping_id / last_ping_at (the command round trip, end to end).
+    """
+    if not Environment.objects.filter(name=name).exists():
+        raise ValidationError({"environment": f"Unknown environment: {name}."})
+    ping = getattr(adapters.process(), "ping", None)
+    if ping is None:  # an in-process environment has no queue to cross
+        raise AppRuntimeError("ping needs multi-environment mode (a remote process adapter)")
+    return uuid.UUID(ping(name))

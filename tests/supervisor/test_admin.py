@@ -39,6 +39,37 @@ def test_changelist_query_count_does_not_grow_with_rows(client):
 
 
 @pytest.mark.django_db
+def test_status_and_environment_filters_match_what_the_badges_show(client):
+    from apps.supervisor.models import Environment
+
+    client.force_login(make_superuser())
+    for name, status in (("env_a", "online"), ("env_b", "online"), ("env_c", "offline")):
+        Environment.objects.create(name=name, url=f"http://{name}.test", status=status)
+    states = {
+        "both": {"env_a": "running", "env_b": "running"},
+        "half": {"env_a": "running", "env_c": "running"},  # env_c offline: `unknown` there
+        "idle": {"env_b": "stopped"},
+        "lost": {"env_c": "running"},
+    }
+    for name, where in states.items():
+        app = make_app(name, environments=list(where))
+        for env, status in where.items():
+            Deployment.objects.filter(application=app, environment__name=env).update(status=status)
+
+    def listed(query: str) -> set[str]:
+        response = client.get(f"{CHANGELIST}?{query}")
+        assert response.status_code == 200
+        return {a.name for a in response.context["cl"].result_list}
+
+    assert listed("status=running") == {"both", "half"}
+    assert listed("status=unknown") == {"half", "lost"}
+    assert listed("status=stopped") == {"idle"}
+    assert listed("environment=env_b") == {"both", "idle"}
+    assert listed("status=running&environment=env_c") == {"half"}
+    assert listed("status=error") == set()
+
+
+@pytest.mark.django_db
 def test_environments_list_shows_the_local_environment(client):
     client.force_login(make_superuser())
     services.environment_ensure_local()

@@ -45,6 +45,12 @@ _WORKER = {
     **_REDIS,
 }
 _SUPERVISOR = {"APP_MODE": "supervisor", "SECRET_KEY": "a-test-secret-key-that-is-long-enough"}
+# Message signing (supervisor.E014 / W002): the supervisor's master secret, an environment's
+# own key (64 hex digits, as `manage.py environment_key env_a` prints one).
+_MESSAGE_SECRET = "a-test-message-secret-that-is-long-enough-0123"
+_ENV_A_KEY = "9f" * 32
+_VALID_SUPERVISOR = {**_SUPERVISOR, **_REDIS, "APP_MESSAGE_SECRETS": _MESSAGE_SECRET}
+_VALID_WORKER = {**_WORKER, "ENVIRONMENT_NAME": "env_a", "APP_ENVIRONMENT_KEYS": _ENV_A_KEY}
 
 
 def clean_env(tmp_path: Path, overrides: dict[str, str]) -> dict[str, str]:
@@ -193,6 +199,20 @@ ERROR_CASES = [
         id="E006-heartbeat-zero",
     ),
     pytest.param(
+        {"APP_LOCK_TTL": "1"},
+        {},
+        "supervisor.E006",
+        ["APP_LOCK_TTL=1.0", "outside 3.0..600"],
+        id="E006-lock-ttl-too-short-to-extend",
+    ),
+    pytest.param(
+        {"PROXY_KEEPALIVE_SECONDS": "0"},
+        {},
+        "supervisor.E006",
+        ["PROXY_KEEPALIVE_SECONDS=0.0", "outside 0.1..3600"],
+        id="E006-proxy-keepalive-zero",
+    ),
+    pytest.param(
         {"DEBUG": "maybe"},
         {},
         "supervisor.E006",
@@ -240,6 +260,62 @@ ERROR_CASES = [
         "supervisor.E012",
         ["APP_DB_PREFIX='Bad-Prefix'", "lower-case"],
         id="E012-bad-db-prefix",
+    ),
+    pytest.param(
+        {**_VALID_SUPERVISOR, "APP_MESSAGE_SECRETS": ""},
+        {},
+        "supervisor.E014",
+        ["APP_MODE=supervisor needs APP_MESSAGE_SECRETS", "at least 32 characters"],
+        id="E014-supervisor-without-message-secrets",
+    ),
+    pytest.param(
+        {**_VALID_SUPERVISOR, "APP_MESSAGE_SECRETS": f"{_MESSAGE_SECRET},too-short-secret"},
+        {},
+        "supervisor.E014",
+        ["APP_MESSAGE_SECRETS: secret 2 of 2", "16 characters long", "at least 32"],
+        id="E014-short-message-secret",
+    ),
+    pytest.param(
+        {**_VALID_SUPERVISOR, "APP_MESSAGE_SECRETS": f"{_MESSAGE_SECRET},{_MESSAGE_SECRET}"},
+        {},
+        "supervisor.E014",
+        ["APP_MESSAGE_SECRETS", "same secret twice"],
+        id="E014-duplicate-message-secret",
+    ),
+    pytest.param(
+        {**_VALID_SUPERVISOR, "APP_ENVIRONMENT_KEYS": _ENV_A_KEY},
+        {},
+        "supervisor.E014",
+        ["APP_ENVIRONMENT_KEYS is for environments", "unset it"],
+        id="E014-supervisor-with-environment-keys",
+    ),
+    pytest.param(
+        {**_VALID_WORKER, "APP_ENVIRONMENT_KEYS": ""},
+        {},
+        "supervisor.E014",
+        ["APP_MODE=worker needs APP_ENVIRONMENT_KEYS", "manage.py environment_key"],
+        id="E014-worker-without-keys",
+    ),
+    pytest.param(
+        {**_VALID_WORKER, "APP_MESSAGE_SECRETS": _MESSAGE_SECRET},
+        {},
+        "supervisor.E014",
+        ["APP_ENVIRONMENT_KEYS or APP_MESSAGE_SECRETS, not both"],
+        id="E014-worker-with-keys-and-secrets",
+    ),
+    pytest.param(
+        {**_VALID_WORKER, "APP_ENVIRONMENT_KEYS": f"{_ENV_A_KEY},abc"},
+        {},
+        "supervisor.E014",
+        ["APP_ENVIRONMENT_KEYS: key 2 of 2", "64 hex digits", "environment_key"],
+        id="E014-worker-with-a-key-that-is-not-hex",
+    ),
+    pytest.param(
+        {**_VALID_SUPERVISOR, "APP_MESSAGE_MAX_AGE": "5"},
+        {},
+        "supervisor.E006",
+        ["APP_MESSAGE_MAX_AGE=5", "outside 10.."],
+        id="E006-message-max-age-too-short",
     ),
 ]
 
@@ -295,3 +371,54 @@ def test_importing_the_asgi_app_with_a_bad_mode_exits_with_the_check_line(tmp_pa
     e001 = [line for line in result.stderr.splitlines() if line.startswith("supervisor.E001: ")]
     assert len(e001) == 1, result.stderr
     assert "APP_MODE='bogus'" in e001[0] and "no fallback" in e001[0]
+
+
+@pytest.mark.parametrize("overrides", [_VALID_SUPERVISOR, _VALID_WORKER], ids=["sup", "env"])
+def test_signing_settings_of_each_mode_pass_check(tmp_path, overrides):
+    result = run_python(tmp_path, overrides, "manage.py", "check")
+
+    assert result.returncode == 0, result.stderr
+    assert "supervisor." not in result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_an_environment_given_the_master_secrets_is_warned_it_could_sign_as_any(tmp_path):
+    overrides = {**_WORKER, "ENVIRONMENT_NAME": "env_a", "APP_MESSAGE_SECRETS": _MESSAGE_SECRET}
+    result = run_python(tmp_path, overrides, "manage.py", "check")
+
+    assert result.returncode == 0, result.stderr  # allowed (development), loudly
+    warnings = lines_with(result.stderr, "supervisor.W002")
+    assert len(warnings) == 1, result.stderr
+    assert "sign messages as any environment" in warnings[0]
+    assert "APP_ENVIRONMENT_KEYS" in warnings[0]
+    assert error_ids(result.stderr) == set()
+
+
+def test_a_bad_secret_is_never_printed(tmp_path):
+    short = "a-short-but-secret-value"
+    overrides = {**_VALID_SUPERVISOR, "APP_MESSAGE_SECRETS": short}
+    result = run_python(tmp_path, overrides, "manage.py", "check")
+
+    assert result.returncode != 0
+    assert lines_with(result.stderr, "supervisor.E014")
+    assert short not in result.stderr + result.stdout
+
+
+def test_local_mode_needs_no_message_secrets(tmp_path):
+    result = run_python(tmp_path, {"APP_MODE": "local"}, "manage.py", "check")
+
+    assert result.returncode == 0, result.stderr
+    assert "supervisor.E014" not in result.stderr
+
+
+def test_environment_key_prints_what_an_environment_then_passes_check_with(tmp_path):
+    from workers.signing import environment_key
+
+    printed = run_python(tmp_path, _VALID_SUPERVISOR, "manage.py", "environment_key", "env_a")
+    assert printed.returncode == 0, printed.stderr
+    keys = printed.stdout.strip()
+    assert keys == environment_key(_MESSAGE_SECRET, "env_a").hex()
+    worker = {**_VALID_WORKER, "APP_ENVIRONMENT_KEYS": keys}
+    result = run_python(tmp_path, worker, "manage.py", "check")
+    assert result.returncode == 0, result.stderr
+    assert "supervisor." not in result.stderr

@@ -193,3 +193,35 @@ def test_reconciliation_retries_a_failed_start_only_after_the_back_off(settings)
     with time_machine.travel(later, tick=False):
         services.environment_heartbeat(beat("env_a", apps=stopped_there))
     assert Deployment.objects.get(pk=failed.pk).command_id != failed.command_id  # retried
+
+
+@pytest.mark.django_db
+def test_a_usual_beat_costs_the_same_few_queries_whatever_the_number_of_apps():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    services.environment_heartbeat(beat("env_a"))
+
+    def steady_beat(apps: int) -> int:
+        names = [f"q{apps}x{i}" for i in range(apps)]
+        for name in names:
+            app = services.application_create(
+                name=name, title=name, environments=["env_a"], db_type="sqlite"
+            )
+            Deployment.objects.filter(application=app).update(
+                desired="running", status="running", reported_at=5
+            )
+        states = {
+            n: {"status": "running", "command_id": None, "at": 5}
+            for n in Deployment.objects.filter(environment__name="env_a").values_list(
+                "application__name", flat=True
+            )
+        }
+        with CaptureQueriesContext(connection) as queries:
+            services.environment_heartbeat(beat("env_a", apps=states))
+        return len(queries)
+
+    few, many = steady_beat(2), steady_beat(20)
+    assert few == many and many <= 4, (few, many)
+    environment = Environment.objects.get(name="env_a")
+    assert environment.last_heartbeat_at is not None and environment.status == "online"

@@ -35,7 +35,19 @@ def test_a_start_interrupted_by_a_crash_is_reported_and_finished():
 
 def test_a_second_start_while_one_is_in_progress_is_skipped():
     app = make_app("busy")
-    Deployment.objects.filter(application=app).update(status="preparing")
+    Deployment.objects.filter(application=app).update(desired="running", status="preparing")
     outcome = services.application_start(application=app, actor="test")
     assert outcome.skipped == ["local"] and outcome.started == []
     assert Deployment.objects.get(application=app).status == "preparing"
+
+
+def test_a_start_after_a_stop_wins_over_the_older_start_still_in_progress():
+    # What `make soak`'s burst found: start, stop, start, with the first start still reporting
+    # `preparing` when the second came. The second was skipped and the app stayed stopped.
+    app = make_app("flip")
+    Deployment.objects.filter(application=app).update(
+        desired="stopped", command_action="stop", status="preparing"
+    )
+    outcome = services.application_start(application=app, actor="test", wait=False)
+    assert outcome.started == ["local"] and outcome.skipped == []
+    assert Deployment.objects.get(application=app).desired == "running"

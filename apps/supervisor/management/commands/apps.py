@@ -1,19 +1,30 @@
-"""python manage.py apps list|create|start|stop|restart|delete|history"""
+"""python manage.py apps list|create|start|stop|restart|delete|history [--as-user NAME]
+
+Without --as-user (or APPSUP_CLI_USER) a command runs as the local operator: whoever can run
+manage.py here already holds the database, so nothing is checked and history records "cli".
+With it, the command acts as that supervisor user: it needs the same permission as the API
+and the admin (apps.api.permissions) and that user is recorded as the actor.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
+from apps.api import permissions
 from apps.runtime.runtime import InstallResult
 from apps.supervisor import selectors, services
 from apps.supervisor.management.commands._output import emit, fail
 from apps.supervisor.models import Application, DbType, StartMode
 
-ACTOR = "cli"
+ACTOR = "cli"  # the local operator (no --as-user)
+AS_USER_ENV = "APPSUP_CLI_USER"
 
 
 def _validation_line(exc: ValidationError) -> str:
@@ -39,15 +50,35 @@ def app_row(application: Application) -> dict:
     }
 
 
+def _as_user_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--as-user",
+        metavar="NAME",
+        default=os.environ.get(AS_USER_ENV) or None,
+        help=f"act as this supervisor user: its permissions are checked and it is recorded "
+        f"in the history (default: ${AS_USER_ENV}; without either, the command runs as the "
+        f"local operator, unchecked, recorded as {ACTOR!r})",
+    )
+    return parent
+
+
 class Command(BaseCommand):
-    help = "Manage sub-applications: list, create, start, stop, restart, delete, history."
+    help = (
+        "Manage sub-applications: list, create, start, stop, restart, delete, history. "
+        f"Runs as the local operator (no permission check, actor {ACTOR!r}) unless --as-user "
+        f"NAME (or ${AS_USER_ENV}) names a user whose permissions are then enforced."
+    )
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        listing = sub.add_parser("list", help="list apps with their status per environment")
+        common = [_as_user_parent()]
+        listing = sub.add_parser(
+            "list", parents=common, help="list apps with their status per environment"
+        )
         listing.add_argument("--json", action="store_true")
 
-        create = sub.add_parser("create", help="create an app (stopped)")
+        create = sub.add_parser("create", parents=common, help="create an app (stopped)")
         create.add_argument("name")
         create.add_argument("--title", required=True)
         create.add_argument(
@@ -73,7 +104,9 @@ class Command(BaseCommand):
         create.add_argument("--json", action="store_true")
 
         for action in ("start", "stop", "restart"):
-            cmd = sub.add_parser(action, help=f"{action} an app on all its environments")
+            cmd = sub.add_parser(
+                action, parents=common, help=f"{action} an app on all its environments"
+            )
             cmd.add_argument("name")
             cmd.add_argument("--json", action="store_true")
             cmd.add_argument(
@@ -83,7 +116,9 @@ class Command(BaseCommand):
                 help="seconds to wait for environments to report (0: do not wait)",
             )
 
-        delete = sub.add_parser("delete", help="stop and delete an app (keeps its data)")
+        delete = sub.add_parser(
+            "delete", parents=common, help="stop and delete an app (keeps its data)"
+        )
         delete.add_argument("name")
         delete.add_argument(
             "--drop-database",
@@ -93,13 +128,33 @@ class Command(BaseCommand):
         delete.add_argument("--yes", action="store_true", help="confirm --drop-database")
         delete.add_argument("--json", action="store_true")
 
-        history = sub.add_parser("history", help="status changes of an app")
+        history = sub.add_parser("history", parents=common, help="status changes of an app")
         history.add_argument("name")
         history.add_argument("--limit", type=int, default=100)
         history.add_argument("--json", action="store_true")
 
-    def handle(self, *args, action: str, **options):
+    def handle(self, *args, action: str, as_user: str | None = None, **options):
+        self.actor = ACTOR
+        if as_user is not None:
+            self.actor = self._check_user(as_user, action, options.get("drop_database", False))
         return getattr(self, f"do_{action}")(**options)
+
+    def _check_user(self, username: str, action: str, drop_database: bool) -> str:
+        """The named user's name once it may do `action`; else one line, nothing done."""
+        if not username.strip():
+            raise fail("--as-user needs a user name")
+        model = get_user_model()
+        user = model.objects.filter(**{model.USERNAME_FIELD: username}).first()
+        if user is None:
+            raise fail(f"--as-user: no user named {username[:150]!r}")
+        if not user.is_active:
+            raise fail(f"--as-user: user {username!r} is inactive")
+        operation = "delete" if action == "delete" else action
+        lacking = permissions.missing(user, operation, drop_database=drop_database)
+        if lacking:
+            what = "delete with database" if action == "delete" and drop_database else action
+            raise fail(f"permission denied: {username} may not {what} ({', '.join(lacking)})")
+        return user.get_username()
 
     def _get(self, name: str) -> Application:
         application = selectors.application_list_with_status().filter(name=name).first()
@@ -215,15 +270,15 @@ class Command(BaseCommand):
         return outcome
 
     def do_start(self, name, json, timeout, **_):
-        outcome = services.application_start(application=self._get(name), actor=ACTOR)
+        outcome = services.application_start(application=self._get(name), actor=self.actor)
         self._outcome(self._settled(name, outcome, "running", timeout), json)
 
     def do_stop(self, name, json, timeout, **_):
-        outcome = services.application_stop(application=self._get(name), actor=ACTOR)
+        outcome = services.application_stop(application=self._get(name), actor=self.actor)
         self._outcome(self._settled(name, outcome, "stopped", timeout), json)
 
     def do_restart(self, name, json, timeout, **_):
-        outcome = services.application_restart(application=self._get(name), actor=ACTOR)
+        outcome = services.application_restart(application=self._get(name), actor=self.actor)
         self._outcome(self._settled(name, outcome, "running", timeout), json)
 
     def do_delete(self, name, drop_database, yes, json, **_):
@@ -232,7 +287,7 @@ class Command(BaseCommand):
             raise fail("--drop-database destroys the app's data: add --yes to confirm")
         try:
             services.application_delete(
-                application=application, drop_database=drop_database, actor=ACTOR
+                application=application, drop_database=drop_database, actor=self.actor
             )
         except ValidationError as exc:
             raise fail(_validation_line(exc)) from None
