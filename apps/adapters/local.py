@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ class LocalDiscoveryAdapter:
     def startup(self) -> None:
         from apps.supervisor import services
 
+        runtime.InitialPassword.prepare()  # this process installs apps: passwords ready
         services.supervisor_startup()
 
     def publish(self, name: str, config: dict | None) -> None:
@@ -50,7 +52,9 @@ class LocalProcessAdapter:
     def start(
         self, spec: AppSpec, *, environment: str, command_id: str, report: Reporter
     ) -> InstallResult:
-        return runtime.start(spec, report)
+        result = runtime.start(spec, report, report_running=False)
+        report("running", "serving", credentials=result.credentials)
+        return result
 
     def stop(self, spec: AppSpec, *, environment: str, command_id: str, report: Reporter) -> None:
         runtime.stop(spec.name)
@@ -76,7 +80,9 @@ def background(fn, /, *args, **kwargs) -> None:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="app-commands")
-    future = _executor.submit(_closing_connections, fn, *args, **kwargs)
+    # In the caller's context: the log fields it bound (command id, app) go along.
+    context = contextvars.copy_context()
+    future = _executor.submit(context.run, _closing_connections, fn, *args, **kwargs)
     future.add_done_callback(_log_failure)
 
 

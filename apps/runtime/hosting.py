@@ -76,7 +76,8 @@ def execute(
     lock: Callable[[str], Any],
 ) -> None:
     """Carry out one command. Idempotent: a redelivered start of a running app does nothing."""
-    if action == "ping":
+    if action == "ping":  # no-op: answer with a pong report carrying the ping's id
+        send({"kind": "pong", "env": env, "command_id": command_id, "at": _now_ns()})
         return
     hosted = HostedApp.objects.filter(name=app).first()
     if (
@@ -131,19 +132,12 @@ def execute(
 
         # One install per app across every environment and supervisor: a lock in Redis held
         # (and extended) while the runtime works; the database's own lock backs it up.
-        def report_start(status: str, detail: str) -> None:
-            if status != "running":  # "running" goes out below, with any new credentials
-                report(status, detail)
-
         with lock(app):
             try:
-                result = runtime.start(spec, report_start)
+                result = runtime.start(spec, report, report_running=False)
             except AppRuntimeError as exc:
                 report("error", str(exc))
                 return
-        credentials = None
-        if result.admin_password:
-            credentials = {"username": result.admin_username, "password": result.admin_password}
         record(
             app,
             status="running",
@@ -151,7 +145,7 @@ def execute(
             command_id=command_id,
             send=send,
             env=env,
-            credentials=credentials,
+            credentials=result.credentials,
         )
         return
     if action == "stop":
@@ -223,16 +217,15 @@ def hosted_states() -> dict[str, dict[str, Any]]:
 
 class LockKeeper:
     """Extends a redis-py Lock while work goes on, so a long install keeps it; a crashed
-    holder stops extending and the lock expires after its TTL."""
+    holder stops extending and the lock expires after its TTL (the lock's own timeout)."""
 
-    def __init__(self, lock, ttl: float):
+    def __init__(self, lock):
         self.lock = lock
-        self.ttl = ttl
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lock-keeper")
 
     def _run(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        while not self._stop.wait(self.lock.timeout / 3):
             try:
                 self.lock.reacquire()
             except Exception:  # lost (expired or Redis gone): the DB install lock still holds

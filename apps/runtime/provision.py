@@ -97,22 +97,69 @@ def _pg(server: DbServer, dbname: str) -> Iterator[Any]:
         conn.close()
 
 
-def _ensure_database(server: DbServer, name: str) -> bool:
+def _ensure_database(server: DbServer, name: str, template: str | None = None) -> bool:
     """Create database `name` unless it exists; True when this call created it."""
     ident = _checked_identifier(name)
     with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
         if cur.fetchone():
             return False
+        statement = sql.SQL("CREATE DATABASE {}").format(ident)
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(_checked_identifier(template))
         try:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+            cur.execute(statement)
         except (pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
             return False  # created concurrently by another process: fine
         return True
 
 
-def provision(spec: AppSpec) -> bool:
-    """Make sure the app's database exists; True when it was created now."""
+def server_has_database(server: DbServer, name: str) -> bool:
+    with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        return cur.fetchone() is not None
+
+
+@contextmanager
+def server_lock(server: DbServer, name: str) -> Iterator[None]:
+    """An advisory lock named `name` on the server (its maintenance database)."""
+    key = _lock_key(f"server:{name}")
+    with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", [key])
+        try:
+            yield
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def template_prepare(server: DbServer, name: str) -> str:
+    """A fresh, empty database to migrate into before template_publish names it `name`."""
+    building = f"{name[:54]}_building"
+    ident = _checked_identifier(building)
+    with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    return building
+
+
+def template_publish(server: DbServer, building: str, name: str) -> None:
+    """Rename a completely migrated database to the template's name and close it to
+    connections (a clone needs no session on its template). Only a finished build ever has
+    the template's name, so a crash mid-build leaves nothing that looks usable."""
+    with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                _checked_identifier(building), _checked_identifier(name)
+            )
+        )
+        cur.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_checked_identifier(name))
+        )
+
+
+def provision(spec: AppSpec, template: str | None = None) -> bool:
+    """Make sure the app's database exists; True when it was created now (as a copy of
+    `template`, a migrated database, when one is given: new_database only)."""
     db = spec.db
     if db.type == "sqlite":
         path = Path(db.name)
@@ -120,7 +167,7 @@ def provision(spec: AppSpec) -> bool:
         return not path.exists()
     server = _server(db)
     if db.type == "new_database":
-        return _ensure_database(server, db.name)
+        return _ensure_database(server, db.name, template)
     # new_schema: a schema inside a shared database.
     _ensure_database(server, db.name)
     with _pg(server, db.name) as conn, conn.cursor() as cur:
@@ -162,14 +209,21 @@ def database_exists(spec: AppSpec) -> bool:
     if db.type == "sqlite":
         return Path(db.name).exists()
     server = _server(db)
-    with _pg(server, server.maintenance_db) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db.name])
-        found = cur.fetchone() is not None
+    found = server_has_database(server, db.name)
     if not found or db.type == "new_database":
         return found
     with _pg(server, db.name) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [db.schema])
         return cur.fetchone() is not None
+
+
+def install_lock_key(db: DbSpec) -> int:
+    """The PostgreSQL advisory lock key of one app's install (64-bit, from its names)."""
+    return _lock_key(f"app-install:{db.name}:{db.schema}")
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 @contextmanager
@@ -191,8 +245,7 @@ def install_lock(spec: AppSpec) -> Iterator[None]:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    key_source = f"app-install:{db.name}:{db.schema}".encode()
-    key = int.from_bytes(hashlib.sha256(key_source).digest()[:8], "big", signed=True)
+    key = install_lock_key(db)
     with _pg(_server(db), db.name) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s)", [key])
         try:

@@ -166,3 +166,48 @@ def test_delete_keeps_or_drops_the_database_as_asked(pg_server):
 def test_unsafe_identifiers_never_reach_sql(bad):
     with pytest.raises(provision.ProvisionError, match="unsafe"):
         provision._checked_identifier(bad)
+
+
+@pytest.mark.postgres
+def test_new_databases_are_copies_of_a_template_kept_per_migration_state(pg_server, settings):
+    """A new PostgreSQL app is a copy of a migrated template; when TENANT_APPS gain a
+    migration, a new template is built and new apps get it too."""
+    fields = _server_fields(pg_server)
+    runtime._migration_digest = None
+    first = make_app("tpl_one", db_type="new_database", **fields)
+    outcome = _start(first)
+    spec = selectors.application_spec(first)
+    template = f"{settings.APP_DB_PREFIX}_template_{runtime._migration_state()}"
+    assert provision.server_has_database(spec.db.server, template)
+    assert outcome.install.installed and _superusers(spec) == ["admin"]
+    assert runtime.pending_migrations(spec) == 0
+    connections[spec.alias].close()
+    reasons = [c.reason for c in selectors.application_history(first)]
+    assert any(r.startswith("installing: copied the migrated template") for r in reasons)
+    assert not any(r.startswith("migrating ") for r in reasons)  # no migrate from scratch
+
+    settings.MIGRATION_MODULES = {"notes": "tests.runtime.notes_migrations_v2"}
+    runtime._migration_digest = None
+    try:
+        second = make_app("tpl_two", db_type="new_database", **fields)
+        _start(second)
+        spec2 = selectors.application_spec(second)
+        newer = f"{settings.APP_DB_PREFIX}_template_{runtime._migration_state()}"
+        assert newer != template and provision.server_has_database(spec2.db.server, newer)
+        assert runtime.pending_migrations(spec2) == 0
+        with connections[spec2.alias].cursor() as cursor:
+            columns = [
+                c.name
+                for c in connections[spec2.alias].introspection.get_table_description(
+                    cursor, "notes_note"
+                )
+            ]
+        connections[spec2.alias].close()
+        assert "colour" in columns
+        # The first app, copied from the older template, is upgraded in place at its start.
+        services.application_stop(application=first, actor="test")
+        _start(first)
+        assert runtime.pending_migrations(spec) == 0
+        connections[spec.alias].close()
+    finally:
+        runtime._migration_digest = None

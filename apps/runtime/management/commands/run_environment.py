@@ -2,7 +2,8 @@
 
 - its Celery worker, consuming the environment's command queue env.<ENVIRONMENT_NAME>;
 - the ASGI server that serves its running apps at /apps/<name>/...;
-- the heartbeat (this process), registering first and saying goodbye on SIGTERM/SIGINT.
+- the heartbeat (this process), registering first and saying goodbye on SIGTERM/SIGINT; both
+  are left in Redis for the supervisor's fold (apps.adapters.transport: heartbeats).
 
 Children die with this process (PR_SET_PDEATHSIG), so a SIGKILL of it never leaves an orphan
 worker consuming commands. If a child dies, everything stops with a non-zero exit: the
@@ -61,11 +62,16 @@ class EnvironmentRunner:
             "apps": hosting.hosted_states(),
         }
         messages.decode(beat)
-        send_to_supervisor({k: v for k, v in beat.items() if k not in ("v", "type")}, "heartbeat")
+        transport.beat_put(beat)  # folded by the supervisor (transport: heartbeats)
         return beat
 
     def goodbye(self) -> None:
-        send_to_supervisor({"env": self.name, "started_at": self.started_at}, "goodbye")
+        """Replaces a beat not yet folded: the supervisor sees the goodbye last."""
+        message = {"v": messages.VERSION, "type": "goodbye", "env": self.name}
+        try:
+            transport.beat_put(message | {"started_at": self.started_at})
+        except Exception as exc:  # Redis away: the supervisor finds out by the deadline
+            log.warning("could not say goodbye to the supervisor: %s", exc)
 
 
 class Command(BaseCommand):
