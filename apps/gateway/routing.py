@@ -196,6 +196,15 @@ def _context(route: AppRoute) -> dict[str, Any]:
     return {"app": route.spec, "deployments": route.deployments}
 
 
+# The Start button of a "not running" page: a supervisor view outside /apps/<name>/ (which
+# is the app's), defined in apps/api/urls.py; it checks the login and the permission.
+START_URL = "/apps-control/{name}/start/"
+
+
+def _with_start_button(route: AppRoute, context: dict[str, Any]) -> dict[str, Any]:
+    return {**context, "start_url": START_URL.format(name=route.spec.name)}
+
+
 def _not_running(route: AppRoute, here: DeploymentRoute) -> Page:
     title, context = route.spec.title, _context(route)
     if here.status in IN_PROGRESS or (
@@ -214,7 +223,7 @@ def _not_running(route: AppRoute, here: DeploymentRoute) -> Page:
             503,
             "Unavailable",
             f"{title} failed to start: {here.error or 'unknown error'}",
-            context=context,
+            context=_with_start_button(route, context),
         )
     if route.start_mode == "on_first_visit" and here.never_commanded:
         # "On first visit": the first request starts it. Once an operator has stopped it,
@@ -227,7 +236,7 @@ def _not_running(route: AppRoute, here: DeploymentRoute) -> Page:
             context=context,
             start=route.spec.name,
         )
-    return Page(503, "Stopped", f"{title} is stopped.", context=context)
+    return Page(503, "Stopped", f"{title} is stopped.", context=_with_start_button(route, context))
 
 
 def _serve_here(route: AppRoute, here: DeploymentRoute) -> Decision:

@@ -98,8 +98,17 @@ class WebsocketGateway:
 
     def __init__(self):
         self.tenant_routes = None
+        self.live = None
 
     async def __call__(self, scope, receive, send):
+        if scope["path"] == "/admin/live/" and settings.APP_MODE != "worker":
+            if self.live is None:  # the supervisor UI's live status (apps.supervisor.live)
+                from channels.auth import AuthMiddlewareStack
+
+                from apps.supervisor.live import LiveStatusConsumer
+
+                self.live = AuthMiddlewareStack(LiveStatusConsumer.as_asgi())
+            return await self.live(scope, receive, send)
         decision = await decide_for_scope(scope)
         if isinstance(decision, Forward):
             inner = {
