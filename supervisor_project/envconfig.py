@@ -153,3 +153,57 @@ def redis_url_problem(value: str) -> str | None:
     if parts.scheme != "unix" and not parts.hostname:
         return "has no host"
     return None
+
+
+def token_problem(value: str, *, minimum: int = 32) -> str | None:
+    """Why `value` is not a usable bearer token, or None when it is."""
+    if len(value) < minimum:
+        return (
+            f"must be at least {minimum} characters long (e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if not all("!" <= ch <= "~" for ch in value):
+        return "must be printable ASCII without spaces (it is sent in an HTTP header)"
+    return None
+
+
+def secret_problem(value: str, *, minimum: int = 32) -> str | None:
+    """Why `value` is not a usable signing secret, or None when it is (never quotes it)."""
+    if len(value) < minimum:
+        return (
+            f"is {len(value)} characters long; use at least {minimum} (e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    if not all("!" <= ch <= "~" for ch in value):
+        return "must be printable ASCII without spaces"
+    return None
+
+
+def env_secrets(name: str, check_id: str, *, minimum: int = 32) -> list[str]:
+    """Comma-separated secrets (the first signs, all verify). A bad one is reported by its
+    position, never by its value; it is still returned, so that no "missing" error hides the
+    real problem."""
+    values = env_list(name, [])
+    for position, value in enumerate(values, start=1):
+        if problem := secret_problem(value, minimum=minimum):
+            PROBLEMS.error(check_id, f"{name}: secret {position} of {len(values)} {problem}.")
+    if len(set(values)) != len(values):
+        PROBLEMS.error(check_id, f"{name} lists the same secret twice.")
+    return values
+
+
+def env_hex_keys(name: str, check_id: str) -> list[str]:
+    """Comma-separated 256-bit keys in hex (as `manage.py environment_key` prints them)."""
+    values = [value.lower() for value in env_list(name, [])]
+    for position, value in enumerate(values, start=1):
+        try:
+            valid = len(bytes.fromhex(value)) == 32
+        except ValueError:
+            valid = False
+        if not valid:
+            PROBLEMS.error(
+                check_id,
+                f"{name}: key {position} of {len(values)} is not 64 hex digits (print the "
+                "keys on the supervisor: manage.py environment_key <ENVIRONMENT_NAME>).",
+            )
+    return values

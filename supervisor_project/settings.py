@@ -12,16 +12,20 @@ import re
 import secrets
 from pathlib import Path
 
+from apps.observability.logconfig import logging_config
 from supervisor_project.envconfig import (
     PROBLEMS,
     env_bool,
     env_choice,
     env_float,
+    env_hex_keys,
     env_int,
     env_list,
+    env_secrets,
     env_str,
     http_url_problem,
     read_env_file,
+    token_problem,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -94,6 +98,11 @@ for _name, _value in (
 HEARTBEAT_INTERVAL = env_int("HEARTBEAT_INTERVAL", 120, minimum=1, maximum=86400)
 # How late a beat may be before the environment counts as stale (seconds, receiver's clock).
 HEARTBEAT_GRACE = env_int("HEARTBEAT_GRACE", 30, minimum=0, maximum=86400)
+# How often the supervisor's job worker stores the heartbeats environments left in Redis
+# (seconds; a beat's time of arrival is the fold's, so at most this late).
+HEARTBEAT_FOLD_SECONDS = env_float(
+    "HEARTBEAT_FOLD_SECONDS", min(1.0, HEARTBEAT_INTERVAL / 4), minimum=0.05, maximum=60.0
+)
 
 # --- Core Django -------------------------------------------------------------------------
 DEBUG = env_bool("DEBUG", False)
@@ -142,6 +151,8 @@ INSTALLED_APPS = [
     "apps.supervisor",
     "apps.runtime",
     "apps.gateway",
+    "apps.observability",
+    "apps.api",
     *TENANT_APPS,
 ]
 
@@ -158,7 +169,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "supervisor_project.urls"
+# An environment serves its apps and probes only: no admin, no API (urls_environment.py).
+ROOT_URLCONF = (
+    "supervisor_project.urls_environment" if APP_MODE == "worker" else "supervisor_project.urls"
+)
 TENANT_URLCONF = "apps.runtime.tenant_urls"
 
 TEMPLATES = [
@@ -217,11 +231,19 @@ else:
         }
     }
 
+# Celery workers (sync, one task at a time per process) keep their connection between tasks:
+# a new PostgreSQL connection per report or heartbeat was most of their cost. ASGI servers
+# keep DB_CONN_MAX_AGE (Django advises against persistent connections under ASGI).
+DB_WORKER_CONN_MAX_AGE = env_int("DB_WORKER_CONN_MAX_AGE", 300, maximum=3600)
+
 DATABASE_ROUTERS = ["apps.runtime.routing.AppDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Sub-application databases.
 APP_DB_PREFIX = env_str("APP_DB_PREFIX", "app_")
+# A new PostgreSQL app database is a copy of a migrated template (one per migration state,
+# named <APP_DB_PREFIX>_template_<digest>) instead of a migrate from scratch.
+APP_DB_TEMPLATES = env_bool("APP_DB_TEMPLATES", True)
 # The PostgreSQL database that holds the schemas of `new_schema` apps (created on demand).
 APP_SCHEMA_DATABASE = env_str("APP_SCHEMA_DATABASE", "supervisor_apps")
 APP_SQLITE_DIR = STORAGE_DIR / "apps"
@@ -229,6 +251,9 @@ APP_SQLITE_DIR = STORAGE_DIR / "apps"
 APP_ROUTE_CACHE_SECONDS = env_float("APP_ROUTE_CACHE_SECONDS", 1.0, maximum=60)
 # How long a request to an "on first visit" app waits for its start before a 503 "starting".
 APP_LAZY_START_WAIT = env_float("APP_LAZY_START_WAIT", 3.0, maximum=60)
+# The Redis lock on one app's install: its holder extends it every third of this; a holder
+# that died (SIGKILL, power) blocks the app's next start for at most this long.
+APP_LOCK_TTL = env_float("APP_LOCK_TTL", 10.0, minimum=3.0, maximum=600)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -282,13 +307,34 @@ ENVIRONMENT_LISTEN_PORT = env_int("ENVIRONMENT_LISTEN_PORT", 0, maximum=65535)
 PROXY_CONNECT_TIMEOUT = env_float("PROXY_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=300)
 PROXY_READ_TIMEOUT = env_float("PROXY_READ_TIMEOUT", 60.0, minimum=0.1, maximum=3600)
 PROXY_MAX_CONNECTIONS = env_int("PROXY_MAX_CONNECTIONS", 200, minimum=1, maximum=10000)
+# How long an idle connection to an environment is kept for reuse. Below the environments'
+# own keep-alive timeout (uvicorn's: 5 s), so that the proxy does not send a request on a
+# connection the environment is closing at that moment.
+PROXY_KEEPALIVE_SECONDS = env_float("PROXY_KEEPALIVE_SECONDS", 4.0, minimum=0.1, maximum=3600)
 # Keep an incoming X-Forwarded-For chain only behind a trusted proxy (else it is spoofable).
 PROXY_TRUST_FORWARDED = env_bool("PROXY_TRUST_FORWARDED", False)
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Live status (apps.supervisor.live) crosses processes in supervisor mode: the job worker
+# stores a report, every web process's browsers hear of it. In-process otherwise (an
+# environment's websockets are its own apps' consumers).
+if APP_MODE == "supervisor" and APP_SUPERVISOR_REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [APP_SUPERVISOR_REDIS_URL],
+                "prefix": f"{APP_QUEUE_PREFIX}asgi",
+                "capacity": 500,
+                "expiry": 30,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Celery (multi-environment transport; unused in local mode) --------------------------
-# Queues: `supervisor` (reports, heartbeats, periodic jobs) and `env.<name>` per environment.
+# Queues: `supervisor` (reports, periodic jobs) and `env.<name>` per environment. Heartbeats
+# wait in a Redis hash for the fold job (apps.adapters.transport: heartbeats).
 SUPERVISOR_QUEUE = f"{APP_QUEUE_PREFIX}supervisor"
 CELERY_BROKER_URL = APP_COMMAND_REDIS_URL or "memory://"
 CELERY_TASK_DEFAULT_QUEUE = SUPERVISOR_QUEUE
@@ -313,6 +359,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(APP_CONFIG_REFRESH_INTERVAL),
     },
     "expire-commands": {"task": "workers.tasks.expire_commands", "schedule": 5.0},
+    "resume-start-queues": {"task": "workers.tasks.resume_start_queues", "schedule": 5.0},
+    "fold-heartbeats": {
+        "task": "workers.tasks.fold_heartbeats",
+        "schedule": HEARTBEAT_FOLD_SECONDS,
+        # A fold that waited longer than a few periods is superseded by the next one.
+        "options": {"expires": max(5.0, 5 * HEARTBEAT_FOLD_SECONDS)},
+    },
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -324,16 +377,49 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("APP_COMMAND_SOFT_TIME_LIMIT", 300, minimu
 CELERY_TASK_TIME_LIMIT = env_int("APP_COMMAND_TIME_LIMIT", 360, minimum=1)
 CELERY_TASK_IGNORE_RESULT = True
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {
-        "handlers": ["console"],
-        "level": env_choice(
-            "LOG_LEVEL", ("debug", "info", "warning", "error"), "info", "supervisor.E006"
-        ).upper(),
-    },
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- Message signing (workers/signing.py; checks supervisor.E014, W002) -------------------
+# Master secrets, comma-separated, each >= 32 characters: the first signs, all verify.
+# The supervisor needs them; an environment holds APP_ENVIRONMENT_KEYS instead (its own
+# derived keys, printed by `manage.py environment_key <name>` on the supervisor).
+APP_MESSAGE_SECRETS = env_secrets("APP_MESSAGE_SECRETS", "supervisor.E014")
+APP_ENVIRONMENT_KEYS = env_hex_keys("APP_ENVIRONMENT_KEYS", "supervisor.E014")
+# A signed message older than this (seconds, by its sender's clock) is refused as stale; the
+# ids of processed messages are kept as long. Default: when the supervisor expires a command.
+APP_MESSAGE_MAX_AGE = env_int(
+    "APP_MESSAGE_MAX_AGE",
+    CELERY_TASK_TIME_LIMIT + HEARTBEAT_GRACE,
+    minimum=10,
+    maximum=7 * 86400,
+)
+
+# --- Health, metrics and logs (apps/observability) -------------------------------------
+# /readyz and /metrics answer only staff users and `Authorization: Bearer <METRICS_TOKEN>`
+# unless this is true; /healthz is always public.
+OBSERVABILITY_PUBLIC = env_bool("OBSERVABILITY_PUBLIC", False)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN and (_problem := token_problem(METRICS_TOKEN)):
+    PROBLEMS.error("supervisor.E013", f"METRICS_TOKEN {_problem}.")
+# Counters shared by the processes of one role (prometheus_client multiprocess files); the
+# supervisor's web and job worker must see the same directory.
+METRICS_DIR = Path(env_str("METRICS_DIR") or STORAGE_DIR / "metrics" / APP_MODE).resolve()
+# Each /readyz check's own time limit (seconds; at least 1: a Celery broadcast over Redis
+# waits a whole second); the checks run concurrently.
+READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=1.0, maximum=10)
+
+# json: one JSON object per line (production); text: readable lines (`make run`).
+LOG_FORMAT = env_choice(
+    "LOG_FORMAT", ("json", "text"), "text" if APP_MODE == "local" else "json", "supervisor.E006"
+)
+LOG_LEVEL = env_choice(
+    "LOG_LEVEL", ("debug", "info", "warning", "error"), "info", "supervisor.E006"
+).upper()
+# Celery's routine lines (sent, received, succeeded) about the periodic tasks above are left
+# out unless this is true; their warnings and errors always show.
+LOG_HOUSEKEEPING = env_bool("LOG_HOUSEKEEPING", False)
+LOGGING = logging_config(
+    log_format=LOG_FORMAT,
+    level=LOG_LEVEL,
+    mode=APP_MODE,
+    environment=ENVIRONMENT_NAME if APP_MODE == "worker" else "",
+    quiet_tasks=[] if LOG_HOUSEKEEPING else [e["task"] for e in CELERY_BEAT_SCHEDULE.values()],
+)
