@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTHON ?= python3
 
-.PHONY: run test test-sqlite test-postgres lint format clean cluster browser bench
+.PHONY: run test test-sqlite test-postgres lint format clean cluster browser bench bench-quick reliability soak
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ run: $(VENV)/.installed
 cluster: $(VENV)/.installed
 	$(PY) bin/cluster.py
 
-## make bench: benchmarks (not tests); tables on stdout, JSON under bench/results/.
+## make bench: every benchmark (not tests), one table on stdout; JSON, Markdown and a PNG
+## plot under bench/results/. BENCH_ARGS passes options (--quick, --only commands,proxy ...).
 bench: $(VENV)/.installed
 	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
-	$(PY) bench/proxy.py $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)
+
+## make bench-quick: the same, fewer and shorter (a smoke run).
+bench-quick:
+	$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"
 
 ## make test: the whole suite, on SQLite and on PostgreSQL.
 test: $(VENV)/.installed browser
@@ -48,14 +53,14 @@ test-sqlite: $(VENV)/.installed
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	echo "== tests on SQLite =="; \
 	env -u DB_HOST -u DB_PORT -u DB_DATABASE DB_DIALECT=sqlite STORAGE_DIR="$$tmp" \
-		$(VENV)/bin/pytest $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -m "not soak and not once" --durations=15 $(PYTEST_ARGS)
 
 test-postgres: $(VENV)/.installed
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	echo "== tests on PostgreSQL =="; \
 	DB_DIALECT=postgres DB_HOST=$${DB_HOST:-127.0.0.1} DB_PORT=$${DB_PORT:-5432} \
 		DB_USER=$${DB_USER:-postgres} DB_DATABASE=$${DB_DATABASE:-supervisor} STORAGE_DIR="$$tmp" \
-		$(VENV)/bin/pytest $(PYTEST_ARGS)
+		$(VENV)/bin/pytest --durations=15 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -67,3 +72,22 @@ format: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) storage/*.sqlite3* storage/apps storage/static
+
+## make reliability: the fault tests (real processes), then docs/RELIABILITY.md from their run.
+reliability: $(VENV)/.installed
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	rm -f tests/artifacts/reliability.json; \
+	DB_DIALECT=postgres DB_HOST=$${DB_HOST:-127.0.0.1} DB_PORT=$${DB_PORT:-5432} \
+		DB_USER=$${DB_USER:-postgres} DB_DATABASE=$${DB_DATABASE:-supervisor} STORAGE_DIR="$$tmp" \
+		$(VENV)/bin/pytest tests/integration/test_faults.py $(PYTEST_ARGS)
+	$(PY) bin/reliability_table.py
+
+## make soak: the load tests (200 clients for 60 s through the proxy; 1,000 commands).
+soak: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "== soak (PostgreSQL) =="; \
+	DB_DIALECT=postgres DB_HOST=$${DB_HOST:-127.0.0.1} DB_PORT=$${DB_PORT:-5432} \
+		DB_USER=$${DB_USER:-postgres} DB_DATABASE=$${DB_DATABASE:-supervisor} STORAGE_DIR="$$tmp" \
+		$(VENV)/bin/pytest -m soak tests/integration/test_load.py $(PYTEST_ARGS)

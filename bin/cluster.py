@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are one level up
 
 from supervisor_project.processes import asgi_server_argv, celery_worker_argv  # noqa: E402
+from workers.signing import environment_key  # noqa: E402
 
 PY = sys.executable
 
@@ -76,8 +77,12 @@ def main() -> None:
     redis_url = os.environ.get("CLUSTER_REDIS_URL", "redis://127.0.0.1:6379/0")
     storage = ROOT / "storage" / "cluster"
     previous = read_env(ROOT / ".cluster.env")
+    # Signs every queue message; only the supervisor holds it, each environment its own key.
+    message_secrets = previous.get("APP_MESSAGE_SECRETS") or secrets.token_urlsafe(48)
     common = {
         "SECRET_KEY": previous.get("SECRET_KEY") or secrets.token_urlsafe(50),
+        # /readyz and /metrics of every process answer `Authorization: Bearer <token>`.
+        "METRICS_TOKEN": previous.get("METRICS_TOKEN") or secrets.token_urlsafe(32),
         "DB_DIALECT": "postgres",
         "DB_HOST": pg_host,
         "DB_PORT": str(pg_port),
@@ -99,6 +104,7 @@ def main() -> None:
             "APP_PROCESS_ADAPTER": "remote",
             "DB_DATABASE": "cluster_supervisor",
             "STORAGE_DIR": str(storage / "supervisor"),
+            "APP_MESSAGE_SECRETS": message_secrets,
         },
     }
     for env in ("env_a", "env_b"):
@@ -110,6 +116,10 @@ def main() -> None:
             "DB_DATABASE": f"cluster_{env}",
             "ENVIRONMENT_URL": f"http://127.0.0.1:{ports[env]}",
             "STORAGE_DIR": str(storage / env),
+            # What `ENV_FILE=.cluster.env manage.py environment_key <env>` prints.
+            "APP_ENVIRONMENT_KEYS": ",".join(
+                environment_key(secret, env).hex() for secret in message_secrets.split(",")
+            ),
         }
     for role, values in files.items():
         ensure_database(pg_host, pg_port, pg_user, values["DB_DATABASE"])
@@ -131,6 +141,10 @@ def main() -> None:
                 "ENVIRONMENT_URL",
                 "STORAGE_DIR",
                 "DB_DATABASE",
+                # The shell's would win over ENV_FILE's (read_env_file never overrides).
+                "APP_MESSAGE_SECRETS",
+                "APP_ENVIRONMENT_KEYS",
+                "APP_MESSAGE_MAX_AGE",
             )
         }
         return {**clean, "ENV_FILE": str(ROOT / f".cluster.env{suffix}")}
@@ -164,6 +178,7 @@ def main() -> None:
         name: subprocess.Popen(cmd, env=env_for(roles[name]), cwd=ROOT)
         for name, cmd in commands.items()
     }
+    auth = f"Authorization: Bearer {common['METRICS_TOKEN']}"
     print(
         f"""
 App Supervisor cluster ({boot.stdout.strip()})
@@ -173,6 +188,10 @@ App Supervisor cluster ({boot.stdout.strip()})
   heartbeat   every {interval} s: stale after {interval}+30 s, offline after {2 * interval}+30 s
   CLI         ENV_FILE=.cluster.env {PY} manage.py apps list
   restart an environment: ENV_FILE=.cluster.env_b {PY} manage.py run_environment
+  health      curl http://127.0.0.1:{ports["supervisor"]}/healthz   (env_a, env_b: same path)
+  readiness   curl -H '{auth}' http://127.0.0.1:{ports["supervisor"]}/readyz
+  metrics     curl -H '{auth}' http://127.0.0.1:{ports["env_a"]}/metrics
+              (any of the three ports; METRICS_TOKEN is in .cluster.env)
 Ctrl-C stops everything.
 """,
         flush=True,

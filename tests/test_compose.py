@@ -43,7 +43,7 @@ ENV_READERS = [
     ROOT / "supervisor_project" / "envconfig.py",
 ]
 _READ_RE = re.compile(
-    r"""(?:\benv_(?:str|int|bool|float|choice|list)\("""
+    r"""(?:\benv_(?:str|int|bool|float|choice|list|secrets|hex_keys)\("""
     r"""|os\.environ\.get\(|os\.getenv\(|os\.environ\[)"""
     r"""\s*["']([A-Z_][A-Z0-9_]*)["']"""
 )
@@ -60,7 +60,14 @@ IMAGE_NAMES = {
     "redis": {"TZ"},
 }
 # Values a test supplies for the compose file's required ${VAR:?...} variables.
-REQUIRED_FROM_HOST = {"SECRET_KEY": "compose-test-secret-key-" + "x" * 40}
+REQUIRED_FROM_HOST = {
+    "SECRET_KEY": "compose-test-secret-key-" + "x" * 40,
+    "APP_MESSAGE_SECRETS": "compose-test-message-secret-" + "y" * 40,
+}
+# What each service's `manage.py check` may say and still be "as written": the environments
+# get the master secret for convenience, which supervisor.W002 points out (see the compose
+# file for the per-environment key that silences it).
+EXPECTED_WARNINGS = {"worker_a": {"supervisor.W002"}, "worker_b": {"supervisor.W002"}}
 
 # The seed's example (seed/multi-environment.en.md, "Docker Compose example").
 SEED_ADAPTERS = {
@@ -544,23 +551,38 @@ def test_redis_healthcheck_pings():
     assert healthcheck_argv(services()["redis"]) == ["redis-cli", "ping"]
 
 
+# The one volume two services share: the supervisor's web server and job worker count into
+# one METRICS_DIR, so what the job worker counts shows on the web server's /metrics.
+SHARED_METRICS = ("supervisor-metrics", {"supervisor", "supervisor_jobs"})
+
+
 def test_every_volume_is_declared_and_each_service_has_its_own():
     declared = set(compose().get("volumes") or {})
     used: dict[str, str] = {}
+    shared_by: set[str] = set()
     for name, service in services().items():
         for volume in service.get("volumes") or []:
             source = volume.split(":", 1)[0]
             if source.startswith((".", "/", "~")):
                 continue
             assert source in declared, f"{name}: volume {source} is not declared"
+            if source == SHARED_METRICS[0]:
+                shared_by.add(name)
+                continue
             assert source not in used, f"{name} and {used.get(source)} share volume {source}"
             used[source] = name
+    assert shared_by == SHARED_METRICS[1]
     storage = storage_dir_in_image()
     for name, service in build_services().items():
         assert "STORAGE_DIR" not in env_of(name), "the image's STORAGE_DIR is the mount point"
-        targets = [v.split(":")[1] for v in service["volumes"] if not v.startswith(".")]
-        assert targets == [storage], f"{name} keeps its storage in a volume of its own"
-    assert set(used) == declared, "no declared volume is left unused"
+        mounts = dict(v.split(":")[:2] for v in service["volumes"] if not v.startswith("."))
+        metrics = mounts.pop(SHARED_METRICS[0], None)
+        assert list(mounts.values()) == [storage], f"{name} keeps its storage in its own volume"
+        if name in SHARED_METRICS[1]:
+            assert metrics == env_of(name)["METRICS_DIR"], f"{name}: METRICS_DIR is the volume"
+        else:
+            assert "METRICS_DIR" not in env_of(name), f"{name} counts under its own storage"
+    assert set(used) | {SHARED_METRICS[0]} == declared, "no declared volume is left unused"
 
 
 # --- environment variables -----------------------------------------------------------------
@@ -647,13 +669,22 @@ def test_settings_are_what_each_service_means():
 # --- system checks with each service's environment -----------------------------------------
 
 
+def _check_ids(output: str) -> set[str]:
+    return set(re.findall(r"\((supervisor\.[EW]\d{3})\)", output))
+
+
 @pytest.mark.parametrize("name", sorted(build_services()))
 def test_service_environment_passes_the_system_checks_as_written(name, tmp_path):
     # `check` opens no connection, so the compose DB_* values (host `postgres`) and the Redis
     # URLs (host `redis`) are read and validated (dialect, port range, URL form) as written.
     result = _manage(process_env(name, tmp_path), "check", "--fail-level", "WARNING")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "no issues" in result.stdout
+    expected = EXPECTED_WARNINGS.get(name, set())
+    assert _check_ids(result.stdout + result.stderr) == expected, result.stdout + result.stderr
+    if expected:
+        assert result.returncode != 0  # --fail-level WARNING: the warning is all it says
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "no issues" in result.stdout
     assert not (tmp_path / "secret_key").exists(), "SECRET_KEY from compose is used"
 
 
@@ -661,6 +692,36 @@ def test_service_environment_passes_the_system_checks_as_written(name, tmp_path)
 def test_service_environment_passes_the_system_checks_on_sqlite(name, tmp_path):
     env = process_env(name, tmp_path, sqlite=True)
     assert "DB_HOST" not in env and env.get("SECRET_KEY")
+    result = _manage(env, "check", "--fail-level", "WARNING")
+    expected = EXPECTED_WARNINGS.get(name, set())
+    assert _check_ids(result.stdout + result.stderr) == expected, result.stdout + result.stderr
+    if not expected:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "no issues" in result.stdout
+
+
+def test_message_secrets_are_required_with_a_clear_message_and_shared():
+    for name, service in build_services().items():
+        raw = service["environment"]["APP_MESSAGE_SECRETS"]
+        assert raw.startswith("${APP_MESSAGE_SECRETS:?"), name
+        with pytest.raises(ValueError, match=r"APP_MESSAGE_SECRETS .*long random string"):
+            service_env(service, host_env={"SECRET_KEY": REQUIRED_FROM_HOST["SECRET_KEY"]})
+        assert env_of(name)["APP_MESSAGE_SECRETS"] == REQUIRED_FROM_HOST["APP_MESSAGE_SECRETS"]
+        assert "APP_ENVIRONMENT_KEYS" not in env_of(name)
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_a_worker_given_its_own_key_instead_passes_without_the_warning(name, tmp_path):
+    """The hardening the compose file describes: the worker's own key, printed by
+    `manage.py environment_key` with the supervisor's settings, in place of the secret."""
+    printed = _manage(
+        process_env("supervisor", tmp_path / "sup", sqlite=True),
+        "environment_key",
+        env_of(name)["ENVIRONMENT_NAME"],
+    )
+    assert printed.returncode == 0, printed.stderr
+    env = process_env(name, tmp_path / "env", sqlite=True, APP_ENVIRONMENT_KEYS=printed.stdout)
+    del env["APP_MESSAGE_SECRETS"]
     result = _manage(env, "check", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -673,6 +734,8 @@ def test_service_environment_passes_the_system_checks_on_sqlite(name, tmp_path):
         ("worker_a", {"APP_PROCESS_ADAPTER": "remote"}, "supervisor.E008"),
         ("supervisor", {"ENVIRONMENT_NAME": "env_a"}, "supervisor.E003"),
         ("supervisor", {"APP_COMMAND_REDIS_URL": ""}, "supervisor.E004"),
+        ("supervisor", {"APP_MESSAGE_SECRETS": ""}, "supervisor.E014"),
+        ("worker_a", {"APP_MESSAGE_SECRETS": ""}, "supervisor.E014"),
     ],
 )
 def test_the_system_checks_would_stop_a_wrong_service(name, change, check_id, tmp_path):

@@ -6,7 +6,9 @@ calls the services, sharing the test database with the job worker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,11 +19,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 from supervisor_project.processes import asgi_server_argv, celery_worker_argv
+from workers.signing import environment_key
+
+# A log line worth showing from a failed test: JSON lines by level, plain ones by keyword.
+_ALARM = re.compile(r'"level": "(WARNING|ERROR|CRITICAL)"|Traceback|^(WARNING|ERROR|CRITICAL)')
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-cluster-secret-key-that-is-long-enough-0123456789"
+# The supervisor's master secret (APP_MESSAGE_SECRETS); environments get their derived keys.
+MESSAGE_SECRET = "test-cluster-message-secret-that-is-long-enough-0123"
 INTERVAL, GRACE = 1, 1
 
 
@@ -57,26 +66,47 @@ class Proc:
 
     def start(self) -> Proc:
         handle = open(self.log, "a")  # noqa: SIM115 - owned by the process
+        # Its own process group: kill() takes the whole tree at once, like a container kill.
         self.popen = subprocess.Popen(
-            self.cmd, env=self.env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
+            self.cmd,
+            env=self.env,
+            cwd=ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
     def kill(self) -> None:
-        self.popen.send_signal(signal.SIGKILL)
+        """SIGKILL of the process and everything it started (nothing gets to clean up)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(10)
 
     def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped()
+
+    def terminate(self) -> None:
         if self.popen and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
-            try:
+
+    def wait_stopped(self) -> None:
+        if self.popen:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+            # Then its whole group: the process if it is still there, and what it started and
+            # left behind (Celery's embedded beat outlives a killed main process; one was found
+            # still running an hour after its test session).
+            self.kill()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def environment_keys(name: str, secrets: str = MESSAGE_SECRET) -> str:
+    """APP_ENVIRONMENT_KEYS of environment `name` (what `manage.py environment_key` prints)."""
+    return ",".join(environment_key(secret, name).hex() for secret in secrets.split(","))
 
 
 class Cluster:
@@ -84,6 +114,11 @@ class Cluster:
         self.tmp, self.redis_url = tmp, redis_url
         self.procs: dict[str, Proc] = {}
         self.ports: dict[str, int] = {}
+        self.extra_env: dict[str, str] = {}  # for every process (a module's own settings)
+        # This process plays the supervisor's web process: it signs commands with the same
+        # master secret as the job worker (undone by stop()).
+        self._signing = override_settings(APP_MESSAGE_SECRETS=[MESSAGE_SECRET])
+        self._signing.enable()
 
     def base_env(self) -> dict[str, str]:
         env = {
@@ -105,9 +140,11 @@ class Cluster:
             APP_COMMAND_TIME_LIMIT="60",
             APP_QUEUE_PREFIX=settings.APP_QUEUE_PREFIX,
             APP_COMMAND_SOFT_TIME_LIMIT="50",
+            APP_MESSAGE_SECRETS=MESSAGE_SECRET,
             LOG_LEVEL="info",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def supervisor_env(self) -> dict[str, str]:
@@ -131,19 +168,21 @@ class Cluster:
             env.update(DB_DIALECT="sqlite")
         return env
 
-    def start_jobs(self) -> Proc:
+    def start_jobs(self, name: str = "jobs") -> Proc:
+        """A supervisor job worker (with beat: a second one runs the periodic jobs twice,
+        which they must survive)."""
         env = self.supervisor_env()
         cmd = celery_worker_argv(
             settings.SUPERVISOR_QUEUE,
-            f"supervisor-{os.getpid()}@%h",
+            f"{name}-{os.getpid()}@%h",
             concurrency=2,
-            beat_schedule=str(self.tmp / "celerybeat-schedule"),
+            beat_schedule=str(self.tmp / f"{name}-celerybeat-schedule"),
         )
-        return self._start("jobs", cmd, env)
+        return self._start(name, cmd, env)
 
-    def start_web(self, **extra: str) -> Proc:
+    def start_web(self, name: str = "web", **extra: str) -> Proc:
         """The supervisor's web process (uvicorn): the proxy."""
-        port = self.ports.setdefault("web", free_port())
+        port = self.ports.setdefault(name, free_port())
         env = {
             **self.supervisor_env(),
             "ALLOWED_HOSTS": "127.0.0.1,localhost,shop.example.test",
@@ -151,7 +190,7 @@ class Cluster:
         }
         # --no-proxy-headers: test our own X-Forwarded-* handling, not uvicorn's.
         cmd = asgi_server_argv("127.0.0.1", port, "--lifespan", "on", "--no-proxy-headers")
-        proc = self._start("web", cmd, env)
+        proc = self._start(name, cmd, env)
         wait_until(lambda: _listening(port), timeout=30, what="the supervisor web to listen")
         return proc
 
@@ -173,6 +212,9 @@ class Cluster:
             DB_DIALECT="sqlite",
             STORAGE_DIR=str(self.tmp / name),
         )
+        # As in production: only its own keys, never the master secret.
+        secrets = env.pop("APP_MESSAGE_SECRETS")
+        env.setdefault("APP_ENVIRONMENT_KEYS", environment_keys(name, secrets))
         return self._start(name, [sys.executable, "manage.py", "run_environment"], env)
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
@@ -195,8 +237,25 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports[env]}"
 
     def stop(self) -> None:
+        # All at once: each takes a second or two to shut down cleanly.
         for proc in reversed(list(self.procs.values())):
-            proc.stop()
+            proc.terminate()
+        for proc in reversed(list(self.procs.values())):
+            proc.wait_stopped()
+        if self._signing is not None:
+            self._signing.disable()
+            self._signing = None
 
     def logs(self) -> str:
-        return "\n".join(f"--- {n} ---\n{p.output()[-4000:]}" for n, p in self.procs.items())
+        """Each process's warnings and errors (the cause is rarely in the last lines of a
+        busy access log), then the tail of its output."""
+        parts = []
+        for name, proc in self.procs.items():
+            output = proc.output()
+            alarms = [line for line in output.splitlines() if _ALARM.search(line)]
+            parts.append(f"--- {name}: {len(alarms)} warning/error lines ---")
+            parts += [line[:600] for line in alarms[:20]]
+            if len(alarms) > 20:
+                parts.append(f"... {len(alarms) - 20} more")
+            parts.append(f"--- {name}: last lines ---\n{output[-4000:]}")
+        return "\n".join(parts)

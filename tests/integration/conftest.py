@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.test import override_settings
 
 from apps import adapters
@@ -31,8 +32,9 @@ def _reset_celery(broker_url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster_processes(redis_url, pg_server, django_db_setup, django_db_blocker):
-    """Supervisor mode in this process; a job worker and env_a, env_b as subprocesses."""
+def cluster_processes(request, redis_url, pg_server, django_db_setup, django_db_blocker):
+    """Supervisor mode in this process; a job worker and env_a, env_b as subprocesses.
+    A test module's CLUSTER_ENV (a dict) is added to every process's environment."""
     redis.Redis.from_url(redis_url).flushdb()
     prefix = f"{RUN_ID}_m{next(_module_counter)}_"
     override = override_settings(
@@ -67,7 +69,11 @@ def cluster_processes(redis_url, pg_server, django_db_setup, django_db_blocker):
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="appsup-cluster-")), redis_url)
     cluster.server = pg_server
     cluster.prefix = prefix
+    cluster.extra_env = dict(getattr(request.module, "CLUSTER_ENV", {}))
     with django_db_blocker.unblock():
+        # The previous module's job worker may have stored a last beat after its last test's
+        # flush (an Environment row with that cluster's URLs, "online"): start from nothing.
+        call_command("flush", interactive=False, verbosity=0)
         cluster.start_jobs()
         for name in ("env_a", "env_b"):
             cluster.start_environment(name)
@@ -89,15 +95,24 @@ def cluster(cluster_processes, settings):
         if proc.popen.poll() is not None and name in ("jobs", "env_a", "env_b", "web"):
             cluster_processes.restart(name)
     try:
-        wait_until(
-            lambda: (
-                set(Environment.objects.filter(status="online").values_list("name", flat=True))
-                >= {"env_a", "env_b"}
-            ),
-            timeout=60,
-            what="env_a and env_b to register",
-        )
+
+        def registered() -> bool:  # online, and by this cluster's processes
+            online = Environment.objects.filter(name__in=("env_a", "env_b"), status="online")
+            urls = dict(online.values_list("name", "url"))
+            return urls == {n: cluster_processes.url(n) for n in ("env_a", "env_b")}
+
+        wait_until(registered, timeout=60, what="env_a and env_b to register")
         yield cluster_processes
     except BaseException:
         print(cluster_processes.logs())
         raise
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed integration test prints its cluster's process logs (the cause is usually
+    there, not in the assertion)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "cluster" in getattr(item, "funcargs", {}):
+        report.sections.append(("cluster logs", item.funcargs["cluster"].logs()))

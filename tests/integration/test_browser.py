@@ -16,7 +16,8 @@ from apps.supervisor import services
 from apps.supervisor.models import Application
 from tests.integration.test_multi_environment import create, wait_status
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Chromium and real processes: once per `make test` (its PostgreSQL half; see the Makefile).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.once]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -106,3 +107,78 @@ def _walk_through(context, web: str) -> None:
         page.locator("#result_list").get_by_role("link", name="First note, edited")
     ).to_be_visible()
     page.screenshot(path=ARTIFACTS / "proxy-env-a-same-data.png")
+
+
+def test_supervisor_ui_live_badges_proxy_stop_history_and_socket_recovery(cluster):
+    """Issue 5: create on two environments, start, watch both badges turn `running` without a
+    reload, open through the proxy, stop, see the history; the page survives a web restart."""
+    web = cluster.ensure_web()
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser(username="operator", password="operator-pass-1")
+    with browser_context() as (context, contacted):
+        page = context.new_page()
+        page.goto(f"{web}/admin/login/")
+        page.fill("#id_username", "operator")
+        page.fill("#id_password", "operator-pass-1")
+        page.get_by_role("button", name=re.compile("Log in")).click()
+        expect(page.locator("#supervisor-dashboard")).to_be_visible()
+
+        page.goto(f"{web}/admin/supervisor/application/add/")
+        page.fill("#id_name", "shop")
+        page.fill("#id_title", "Shop")
+        page.get_by_label("env_a").check()
+        page.get_by_label("env_b").check()
+        page.select_option("#id_db_type", "sqlite")
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_text("was added successfully")).to_be_visible()
+
+        page.goto(f"{web}/admin/supervisor/application/")
+        expect(page.locator("#live-status-banner")).to_have_text("Live")
+        row = page.locator("tr", has=page.get_by_role("link", name="shop", exact=True))
+        badges = row.locator("[data-deployment] .app-status")
+        expect(badges).to_have_count(2)
+        row.locator("input.action-select").check()
+        page.select_option("select[name=action]", "start_apps")
+        page.get_by_role("button", name="Go").first.click()
+        expect(page.get_by_text("Start requested")).to_be_visible()
+        # From here on the page is never reloaded: the badges change by themselves.
+        page.evaluate("window.__notReloaded = true")
+        expect(badges.nth(0)).to_have_text("running", timeout=60_000)
+        expect(badges.nth(1)).to_have_text("running", timeout=60_000)
+        assert page.evaluate("window.__notReloaded") is True
+        page.screenshot(path=ARTIFACTS / "supervisor-app-list-live.png", full_page=True)
+
+        with context.expect_page() as opened:
+            row.get_by_role("link", name="Visit").click()
+        visit = opened.value
+        expect(visit.get_by_text("runs on several environments")).to_be_visible()
+        visit.screenshot(path=ARTIFACTS / "supervisor-chooser.png")
+        visit.get_by_role("link", name="Open on env_a").click()
+        expect(visit.locator("#id_username")).to_be_visible()  # shop's own login page
+        visit.close()
+
+        row.locator("input.action-select").check()
+        page.select_option("select[name=action]", "stop_apps")
+        page.get_by_role("button", name="Go").first.click()
+        expect(badges.nth(0)).to_have_text("stopped", timeout=30_000)
+        expect(badges.nth(1)).to_have_text("stopped", timeout=30_000)
+
+        # The web process goes away: the page says so; it comes back: the page reconnects.
+        cluster.procs["web"].stop()
+        expect(page.locator("#live-status-banner")).to_contain_text("disconnected")
+        cluster.procs["web"].start()
+        expect(page.locator("#live-status-banner")).to_have_text("Live", timeout=45_000)
+
+        row.get_by_role("link", name="shop", exact=True).click()
+        history = page.locator(".field-history")
+        expect(history).to_contain_text("running → stopped")
+        expect(history).to_contain_text("operator")
+        expect(page.locator(".field-status_detail")).to_contain_text("stopped")
+        page.screenshot(path=ARTIFACTS / "supervisor-app-history.png", full_page=True)
+
+        page.goto(f"{web}/admin/supervisor/environment/")
+        expect(page.locator("[data-env-state=env_a]")).to_have_text("online")
+        expect(page.locator("[data-heartbeat=env_a]")).to_contain_text("s ago")
+        page.screenshot(path=ARTIFACTS / "supervisor-environments.png", full_page=True)
+    assert contacted == {urlsplit(web).netloc}, contacted

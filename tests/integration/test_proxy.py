@@ -277,3 +277,22 @@ def test_first_visit_through_the_supervisor_starts_the_app(cluster, web):
         what="lazy served through the proxy",
     )
     routing.forget_all()
+
+
+def test_chunked_upload_and_an_upstream_that_dropped_its_idle_connections(echo, cluster):
+    web, _ = echo
+
+    def parts():
+        yield b"a" * 1000
+        yield b"b" * 1000
+
+    with httpx.Client(base_url=web) as client:
+        reply = client.post("/apps/echo/echo", content=parts()).json()  # no Content-Length
+        assert reply["body_length"] == 2000
+        assert client.get("/apps/echo/echo").status_code == 200  # leaves a pooled connection
+        proc = cluster.procs["echo"].popen
+        proc.terminate()
+        proc.wait(10)
+        cluster.start_echo()  # same port: the pooled connection's peer is gone
+        for _ in range(3):  # the pool notices the closed connection: never a 502
+            assert client.get("/apps/echo/echo").status_code == 200
