@@ -799,21 +799,24 @@ def environment_heartbeat(beat: dict[str, Any], *, now: datetime | None = None) 
         environment.last_heartbeat_at = now
         environment.next_deadline_at = deadline
         environment.save()
-    if returned or restarted:
         kind = (
             EnvironmentEvent.Kind.REGISTERED
             if created
             else EnvironmentEvent.Kind.BACK
             if returned
             else EnvironmentEvent.Kind.RESTARTED
+            if restarted
+            else None
         )
+        if kind is not None:  # in the same transaction: whoever sees it online sees why
+            EnvironmentEvent.objects.create(
+                environment_name=environment.name,
+                kind=kind,
+                at=now,
+                detail=f"version {environment.version}, {environment.url}"[:500],
+            )
+    if kind is not None:
         log.info("environment %s %s", environment.name, kind.label)
-        EnvironmentEvent.objects.create(
-            environment_name=environment.name,
-            kind=kind,
-            at=now,
-            detail=f"version {environment.version}, {environment.url}"[:500],
-        )
     live.environment_changed(environment, with_deployments=returned)
     environment_reconcile(environment, beat["apps"])
     return environment
@@ -906,12 +909,16 @@ def _send_remove(environment: str, app: str) -> None:
 def environment_goodbye(*, name: str, started_at: float) -> bool:
     """A clean shutdown: offline at once (unless a newer process of it already registered)."""
     started = datetime.fromtimestamp(started_at, tz=UTC)
-    changed = Environment.objects.filter(name=name, started_at=started).update(
-        status=EnvStatus.OFFLINE, next_deadline_at=None
-    )
+    with transaction.atomic():
+        changed = Environment.objects.filter(name=name, started_at=started).update(
+            status=EnvStatus.OFFLINE, next_deadline_at=None
+        )
+        if changed:
+            EnvironmentEvent.objects.create(
+                environment_name=name, kind=EnvironmentEvent.Kind.GOODBYE
+            )
     if changed:
         log.info("environment %s shut down", name)
-        EnvironmentEvent.objects.create(environment_name=name, kind=EnvironmentEvent.Kind.GOODBYE)
         environment = Environment.objects.filter(name=name).first()
         if environment is not None:
             live.environment_changed(environment, with_deployments=True)
@@ -927,9 +934,17 @@ def environments_detect_offline(*, now=None) -> list[str]:
         status=EnvStatus.ONLINE, next_deadline_at__lt=now
     ):
         try:
-            changed = Environment.objects.filter(
-                pk=environment.pk, status=EnvStatus.ONLINE, next_deadline_at__lt=now
-            ).update(status=EnvStatus.OFFLINE)
+            with transaction.atomic():
+                changed = Environment.objects.filter(
+                    pk=environment.pk, status=EnvStatus.ONLINE, next_deadline_at__lt=now
+                ).update(status=EnvStatus.OFFLINE)
+                if changed:
+                    EnvironmentEvent.objects.create(
+                        environment_name=environment.name,
+                        kind=EnvironmentEvent.Kind.OFFLINE,
+                        at=now,
+                        detail=f"no heartbeat since {environment.last_heartbeat_at}",
+                    )
         except Exception:
             log.exception("could not mark %s offline", environment.name)
             continue
@@ -938,12 +953,6 @@ def environments_detect_offline(*, now=None) -> list[str]:
                 "environment %s is offline (no heartbeat since %s)",
                 environment.name,
                 environment.last_heartbeat_at,
-            )
-            EnvironmentEvent.objects.create(
-                environment_name=environment.name,
-                kind=EnvironmentEvent.Kind.OFFLINE,
-                at=now,
-                detail=f"no heartbeat since {environment.last_heartbeat_at}",
             )
             live.environment_changed(environment, with_deployments=True)
             marked.append(environment.name)

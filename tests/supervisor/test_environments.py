@@ -12,7 +12,7 @@ import time_machine
 from django.core.management import call_command
 
 from apps.supervisor import selectors, services
-from apps.supervisor.models import Deployment, Environment, StatusChange
+from apps.supervisor.models import Deployment, Environment, EnvironmentEvent, StatusChange
 from apps.supervisor.statuses import environment_liveness
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -170,6 +170,38 @@ def test_purge_forgets_only_offline_environments_seen_long_ago(capsys):
     # It comes back: it registers anew, with no deployments.
     services.environment_heartbeat(beat("old", started_at=3000.0))
     assert Environment.objects.get(name="old").status == "online"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_status_change_and_its_history_row_are_stored_together(monkeypatch):
+    """Whoever sees an environment online, offline or gone also sees the event saying why
+    (a reader between the two writes once saw 'online' with no 'registered' row)."""
+    services.environment_heartbeat(beat("env_a"))
+    assert kinds("env_a") == ["registered"]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("history not writable")
+
+    monkeypatch.setattr(EnvironmentEvent.objects, "create", refuse)
+    with pytest.raises(RuntimeError):
+        services.environment_goodbye(name="env_a", started_at=1000.0)
+    assert Environment.objects.get(name="env_a").status == "online"  # rolled back with it
+    with pytest.raises(RuntimeError):
+        services.environment_heartbeat(beat("env_b"))
+    assert not Environment.objects.filter(name="env_b").exists()
+    later = datetime.now(UTC) + timedelta(days=1)
+    assert services.environments_detect_offline(now=later) == []  # logged, row left online
+    assert Environment.objects.get(name="env_a").status == "online"
+    monkeypatch.undo()
+    services.environment_goodbye(name="env_a", started_at=1000.0)
+    assert Environment.objects.get(name="env_a").status == "offline"
+    assert kinds("env_a") == ["goodbye", "registered"]
+
+
+def kinds(name: str) -> list[str]:
+    return list(
+        EnvironmentEvent.objects.filter(environment_name=name).values_list("kind", flat=True)
+    )
 
 
 @pytest.mark.django_db(transaction=True)
