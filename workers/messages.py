@@ -81,7 +81,7 @@ class Heartbeat(TypedDict):
     version: str
     started_at: float
     interval: int
-    apps: dict[str, dict[str, Any]]  # app -> {"status", "command_id", "at"}
+    apps: dict[str, dict[str, Any]]  # app -> {"status", "command_id", "at", "detail"}
 
 
 class Goodbye(TypedDict):
@@ -98,7 +98,12 @@ class StartRequest(TypedDict):
     app: str
 
 
-def _str(data: dict, key: str, *, pattern: re.Pattern | None = None, limit: int = 500) -> str:
+TEXT_LIMIT = 500  # characters of a plain text field (a beat's error reason among them)
+
+
+def _str(
+    data: dict, key: str, *, pattern: re.Pattern | None = None, limit: int = TEXT_LIMIT
+) -> str:
     value = data.get(key)
     if not isinstance(value, str):
         raise MessageError(f"{key} must be a string")
@@ -225,6 +230,8 @@ def decode(data: Any) -> Command | Report | Pong | Heartbeat | Goodbye | StartRe
                 "status": state["status"],
                 "command_id": _uuid(state, "command_id", optional=True),
                 "at": _number(state, "at", int),
+                # an error's reason, so a beat that arrives before the report keeps it
+                "detail": _str(state, "detail") if "detail" in state else "",
             }
         return Heartbeat(
             v=VERSION,

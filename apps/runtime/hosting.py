@@ -18,6 +18,7 @@ from apps.runtime import runtime
 from apps.runtime.models import HostedApp
 from apps.runtime.runtime import AppRuntimeError
 from apps.runtime.spec import AppSpec
+from workers.messages import TEXT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,15 @@ def heal_interrupted(*, env: str, send: Sender) -> list[str]:
 
 
 def hosted_states() -> dict[str, dict[str, Any]]:
-    """What this environment hosts, for its heartbeat."""
+    """What this environment hosts, for its heartbeat (with an error's reason: a beat may
+    reach the supervisor before the report that carries it, or instead of a lost one)."""
     return {
-        h.name: {"status": h.status, "command_id": h.command_id or None, "at": h.status_ns}
+        h.name: {
+            "status": h.status,
+            "command_id": h.command_id or None,
+            "at": h.status_ns,
+            **({"detail": h.detail[:TEXT_LIMIT]} if h.status == "error" else {}),
+        }
         for h in HostedApp.objects.all()
     }
 

@@ -202,6 +202,7 @@ def application_delete(*, application: Application, drop_database: bool, actor: 
 # delete) holds the lock: every other report for the same environment, from any job worker,
 # and its heartbeat store would wait in line.
 _ROW_ONLY = ("self",)
+HEARTBEAT_REASON = "reported by heartbeat"  # a state known from a beat, not yet its report
 
 
 def _deletable(deployments) -> list[Deployment]:
@@ -252,7 +253,10 @@ def deployment_report(
             # Older than what is stored: the current state stays, the step joins the history;
             # but it may still be the current command's answer (a beat told its state first).
             log.info("out-of-order report for deployment %s: history only", deployment_id)
-            _history_insert(deployment, status, reason, command_id, actor, when)
+            if at == deployment.reported_at and status == deployment.status:
+                _reason_fill(deployment, reason, when)
+            else:
+                _history_insert(deployment, status, reason, command_id, actor, when)
             if (
                 status in FINAL
                 and command_id is not None
@@ -306,6 +310,19 @@ def deployment_report(
             )
         live.apps_changed([deployment.application_id])
     return True
+
+
+def _reason_fill(deployment, reason: str, when: datetime) -> None:
+    """The report of a state a heartbeat stored first (same time, same status): its reason
+    replaces the heartbeat's placeholder, in the state and in the history row."""
+    if not reason or deployment.detail != HEARTBEAT_REASON:
+        return
+    Deployment.objects.filter(pk=deployment.pk, detail=HEARTBEAT_REASON).update(
+        detail=reason[:500], error=reason if deployment.status == AppStatus.ERROR else ""
+    )
+    StatusChange.objects.filter(
+        deployment=deployment, at=when, new_status=deployment.status, reason=HEARTBEAT_REASON
+    ).update(reason=reason[:2000])
 
 
 def _history_insert(deployment, status, reason, command_id, actor, when) -> None:
@@ -853,7 +870,7 @@ def environment_reconcile(
             deployment_report(
                 deployment_id=deployment.pk,
                 status=state["status"],
-                reason="reported by heartbeat",
+                reason=state.get("detail") or HEARTBEAT_REASON,
                 command_id=state["command_id"],
                 at=state["at"],
             )

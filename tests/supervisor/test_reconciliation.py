@@ -176,6 +176,34 @@ def test_a_report_dropped_as_already_stored_still_moves_the_start_queue_on():
     assert second.command_sent_at is not None and second.status == "running"
 
 
+def test_an_error_reason_survives_a_heartbeat_that_arrives_before_its_report():
+    app = _app()
+    t = time.time_ns()  # a real clock: a recent error is not retried at once
+    deployment = _stored(app, desired="running", status="preparing", reported_at=t - 100)
+    command = str(uuid.uuid4())
+    reason = 'cannot connect to PostgreSQL: database "x" is not currently accepting connections'
+    # An older environment's beat has no reason: the placeholder is stored ...
+    error = {"crm": {"status": "error", "command_id": command, "at": t}}
+    services.environment_heartbeat(beat("env_a", apps=error))
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.error) == ("error", services.HEARTBEAT_REASON)
+    # ... and the report of that same state, dropped as not newer, puts its reason in.
+    report = {"env": "env_a", "app": "crm", "command_id": command, "status": "error"}
+    assert not services.report_ingest({**report, "detail": reason, "at": t})
+    deployment.refresh_from_db()
+    assert (deployment.error, deployment.detail) == (reason, reason)
+    assert deployment.history.get(new_status="error").reason == reason
+    # A beat that carries the reason (as environments send it) stores it at once.
+    later = {"crm": {"status": "error", "command_id": command, "at": t + 200, "detail": "later"}}
+    services.environment_heartbeat(beat("env_a", apps=later))
+    deployment.refresh_from_db()
+    assert deployment.error == "later"
+    # A report of another state, or at another time, never rewrites a stored reason.
+    assert not services.report_ingest({**report, "detail": "old", "at": t + 100})
+    deployment.refresh_from_db()
+    assert deployment.error == "later"
+
+
 def test_a_superseded_start_that_ran_after_the_stop_is_stopped_again_not_expired(settings):
     app = _app()
     services.application_stop(application=app, actor="operator")  # answered: stopped

@@ -60,6 +60,9 @@ def test_valid_messages_decode_to_themselves():
     assert messages.decode(command())["action"] == "start"
     assert messages.decode(report())["status"] == "running"
     assert messages.decode(heartbeat())["apps"]["crm"]["status"] == "running"
+    assert messages.decode(heartbeat())["apps"]["crm"]["detail"] == ""
+    failed = {"crm": {"status": "error", "command_id": None, "at": 5, "detail": "no database"}}
+    assert messages.decode(heartbeat(apps=failed))["apps"]["crm"]["detail"] == "no database"
     assert messages.decode({"v": 1, "type": "goodbye", "env": "env_a", "started_at": 2})
     assert messages.decode({"v": 1, "type": "start_request", "env": "env_a", "app": "crm"})
 
@@ -100,6 +103,8 @@ def test_valid_messages_decode_to_themselves():
         heartbeat(apps={"Bad": {}}),
         heartbeat(apps={"crm": {"status": "up", "at": 1}}),
         heartbeat(version="v" * 65),
+        heartbeat(apps={"crm": {"status": "error", "at": 1, "detail": 7}}),
+        heartbeat(apps={"crm": {"status": "error", "at": 1, "detail": "x" * 501}}),
         heartbeat(apps={f"a{i}": {"status": "running", "at": 1} for i in range(10_001)}),
     ],
 )
@@ -142,3 +147,17 @@ def test_decoder_never_fails_with_anything_but_message_error(data):
     except messages.MessageError:
         return
     assert decoded["type"] in ("command", "report", "heartbeat", "goodbye", "start_request")
+
+
+@pytest.mark.django_db
+def test_a_beat_carries_an_error_reason_the_decoder_accepts_whatever_its_length():
+    from apps.runtime import hosting
+    from apps.runtime.models import HostedApp
+
+    HostedApp.objects.create(name="ok", spec={}, status="running", detail="serving", status_ns=1)
+    HostedApp.objects.create(name="bad", spec={}, status="error", detail="x" * 4000, status_ns=2)
+    states = hosting.hosted_states()
+    assert "detail" not in states["ok"]  # beats stay small: only an error's reason
+    assert len(states["bad"]["detail"]) == messages.TEXT_LIMIT
+    decoded = messages.decode(heartbeat(apps=states))["apps"]
+    assert decoded["bad"]["detail"] == "x" * messages.TEXT_LIMIT and decoded["ok"]["detail"] == ""
