@@ -329,9 +329,12 @@ def _history_insert(deployment, status, reason, command_id, actor, when) -> None
     """Put a late report's status change where it belongs in the deployment's history."""
     rows = StatusChange.objects.filter(deployment=deployment)
     before = rows.filter(at__lte=when).order_by("-at", "-id").first()
-    if before is None or before.new_status == status:
-        return  # no change at that time (or a redelivery of a step already recorded)
     after = rows.filter(at__gt=when).order_by("at", "id").first()
+    # The status it had then: the row before's outcome, or, older than every row (a later
+    # state was stored first), what the first row changed from.
+    then = before.new_status if before is not None else after.old_status if after else None
+    if then is None or then == status:
+        return  # no change at that time (or a redelivery of a step already recorded)
     if after is not None and after.new_status == status:
         # The change was already recorded from a later step: it happened this early.
         StatusChange.objects.filter(pk=after.pk).update(
@@ -340,7 +343,7 @@ def _history_insert(deployment, status, reason, command_id, actor, when) -> None
         return
     StatusChange.objects.create(
         deployment=deployment,
-        old_status=before.new_status,
+        old_status=then,
         new_status=status,
         reason=reason[:2000],
         at=when,

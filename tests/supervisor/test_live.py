@@ -203,6 +203,31 @@ def test_a_late_step_is_put_in_its_place_in_the_history():
     assert StatusChange.objects.filter(deployment=deployment).count() == 7
 
 
+def test_a_first_step_that_arrives_after_a_later_one_still_gets_its_row():
+    app = make_app("crm")
+    deployment = Deployment.objects.get(application=app)
+    ns = int(T0.timestamp() * 1e9)
+    report = services.deployment_report
+    # A heartbeat (or another job worker) stored "running" before any step was recorded.
+    report(deployment_id=deployment.pk, status="running", reason="serving", at=ns + 4_000_000)
+    report(deployment_id=deployment.pk, status="preparing", reason="provisioning", at=ns + 10**6)
+    report(
+        deployment_id=deployment.pk, status="initializing", reason="installing", at=ns + 2 * 10**6
+    )
+    report(deployment_id=deployment.pk, status="stopped", reason="was stopped", at=ns)  # no-op
+    chain = [
+        (c.old_status, c.new_status, c.reason)
+        for c in StatusChange.objects.filter(deployment=deployment).order_by("at", "id")
+    ]
+    assert chain == [
+        ("stopped", "preparing", "provisioning"),
+        ("preparing", "initializing", "installing"),
+        ("initializing", "running", "serving"),
+    ]
+    deployment.refresh_from_db()
+    assert deployment.status == "running"
+
+
 def test_environment_registration_history():
     with time_machine.travel(T0, tick=False):
         services.environment_heartbeat(beat("env_a", started_at=1000.0))
