@@ -62,7 +62,11 @@ def test_app_on_two_environments_chooser_cookie_login_and_same_data_on_both(clus
     application = Application.objects.get(name="crm")
     services.application_start(application=application, actor="test")
     wait_status("crm", {"env_a": "running", "env_b": "running"})
-    username, password = services.application_take_pending_password(application)
+    username, password = wait_until(  # it comes with a report a heartbeat may have beaten
+        lambda: services.application_take_pending_password(application),
+        timeout=15,
+        what="crm's generated password",
+    )
     time.sleep(1.2)  # the web process trusts its route cache for a second
     with httpx.Client(base_url=web) as browser:
         chooser = browser.get("/apps/crm/admin/")

@@ -120,7 +120,10 @@ def test_forged_messages_to_the_supervisor_change_nothing_and_are_counted(cluste
         name="signed", title="Signed", environments=["env_a", "env_b"], db_type="sqlite"
     )
     env_a = Environment.objects.get(name="env_a")
-    events = EnvironmentEvent.objects.filter(environment_name="env_a").count()
+    # What a forged beat would add (a slow machine may add offline/back on its own).
+    forged_kinds = ("registered", "restarted")
+    events = EnvironmentEvent.objects.filter(environment_name="env_a", kind__in=forged_kinds)
+    events = events.count()
     before = rejected(web)
 
     # A report under a key made from another secret.
@@ -175,7 +178,10 @@ def test_forged_messages_to_the_supervisor_change_nothing_and_are_counted(cluste
     assert last_ping("env_a") == second
     env_a.refresh_from_db()
     assert env_a.url == cluster.url("env_a") and env_a.version != "6.6.6"
-    assert EnvironmentEvent.objects.filter(environment_name="env_a").count() == events
+    assert (
+        EnvironmentEvent.objects.filter(environment_name="env_a", kind__in=forged_kinds).count()
+        == events
+    )
     log = cluster.procs["jobs"].output()
     for reason in ("bad_signature", "unsigned", "cross_environment", "stale", "replayed"):
         assert f"rejected message ({reason})" in log, reason

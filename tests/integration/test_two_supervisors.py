@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from apps.supervisor import services
 from apps.supervisor.models import Application, Environment, EnvironmentEvent
@@ -52,6 +53,15 @@ def test_two_supervisors_share_the_work_without_doing_it_twice(cluster, doubled)
         thread.join()
     assert sum(len(o.started) for o in outcomes) == 2  # each environment claimed once
     wait_status("twice", {"env_a": "running", "env_b": "running"}, timeout=90)
+    # Steps reported before "running" may be stored after it (four job processes).
+    wait_until(
+        lambda: (
+            sum(c.new_status == "preparing" for c in history("twice")) >= 2
+            and any(c.reason.startswith("installing") for c in history("twice"))
+        ),
+        timeout=15,
+        what="every start step in the history",
+    )
     installs = [c for c in history("twice") if c.reason.startswith("installing")]
     assert len(installs) == 1, [(c.deployment.environment.name, c.reason) for c in installs]
     starts = [c for c in history("twice") if c.new_status == "preparing"]
@@ -70,13 +80,16 @@ def test_two_supervisors_share_the_work_without_doing_it_twice(cluster, doubled)
 
     # Two beats run the offline detector twice as often: env_b is marked offline once.
     cluster.procs["env_b"].kill()
+    killed_at = timezone.now()
     wait_until(
         lambda: Environment.objects.get(name="env_b").status == "offline",
         timeout=30,
         what="env_b offline",
     )
     time.sleep(3)  # both detectors have run several times since
-    offline = EnvironmentEvent.objects.filter(environment_name="env_b", kind="offline")
+    offline = EnvironmentEvent.objects.filter(
+        environment_name="env_b", kind="offline", at__gte=killed_at
+    )
     assert offline.count() == 1
     cluster.procs["env_b"].start()
     wait_status("twice", {"env_a": "running", "env_b": "running"}, timeout=60)
