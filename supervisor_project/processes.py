@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import sys
 
+# How long our ASGI servers (environments among them) keep an idle client connection. Set
+# explicitly (it is uvicorn's default) so that the proxy's own idle expiry,
+# PROXY_KEEPALIVE_SECONDS, can be held below it by the settings' range check.
+ASGI_KEEPALIVE_SECONDS = 5
+
 
 def celery_worker_argv(
     queue: str, node: str, *, concurrency: int, beat_schedule: str = "", loglevel: str = "INFO"
@@ -40,4 +45,7 @@ def asgi_server_argv(
     host: str, port: int, *extra: str, app: str = "supervisor_project.asgi:application"
 ) -> list[str]:
     """uvicorn serving `app` (the project's ASGI application by default)."""
-    return [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), *extra]
+    return [
+        *(sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port)),
+        *("--timeout-keep-alive", str(ASGI_KEEPALIVE_SECONDS), *extra),
+    ]

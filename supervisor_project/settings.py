@@ -27,6 +27,7 @@ from supervisor_project.envconfig import (
     read_env_file,
     token_problem,
 )
+from supervisor_project.processes import ASGI_KEEPALIVE_SECONDS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -307,10 +308,12 @@ ENVIRONMENT_LISTEN_PORT = env_int("ENVIRONMENT_LISTEN_PORT", 0, maximum=65535)
 PROXY_CONNECT_TIMEOUT = env_float("PROXY_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=300)
 PROXY_READ_TIMEOUT = env_float("PROXY_READ_TIMEOUT", 60.0, minimum=0.1, maximum=3600)
 PROXY_MAX_CONNECTIONS = env_int("PROXY_MAX_CONNECTIONS", 200, minimum=1, maximum=10000)
-# How long an idle connection to an environment is kept for reuse. Below the environments'
-# own keep-alive timeout (uvicorn's: 5 s), so that the proxy does not send a request on a
-# connection the environment is closing at that moment.
-PROXY_KEEPALIVE_SECONDS = env_float("PROXY_KEEPALIVE_SECONDS", 4.0, minimum=0.1, maximum=3600)
+# How long an idle connection to an environment is kept for reuse. Held below the
+# environments' own keep-alive timeout (processes.ASGI_KEEPALIVE_SECONDS), so that the proxy
+# does not send a request on a connection the environment is closing at that moment.
+PROXY_KEEPALIVE_SECONDS = env_float(
+    "PROXY_KEEPALIVE_SECONDS", 4.0, minimum=0.1, maximum=ASGI_KEEPALIVE_SECONDS - 0.5
+)
 # Keep an incoming X-Forwarded-For chain only behind a trusted proxy (else it is spoofable).
 PROXY_TRUST_FORWARDED = env_bool("PROXY_TRUST_FORWARDED", False)
 

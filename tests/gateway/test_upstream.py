@@ -7,8 +7,10 @@ import contextlib
 import socket
 
 import httpx
+from django.conf import settings
 
 from apps.gateway import upstream
+from supervisor_project.processes import asgi_server_argv
 
 
 def test_the_pool_uses_the_projects_backend():
@@ -170,3 +172,11 @@ def test_a_request_with_a_body_is_never_sent_twice():
             assert server.connections == 1
 
     asyncio.run(scenario())
+
+
+def test_environments_keep_an_idle_connection_longer_than_the_proxy_does():
+    """The proxy drops an idle connection before the environment's uvicorn would close it
+    (the race the resend above only papers over)."""
+    argv = asgi_server_argv("127.0.0.1", 8000, "--lifespan", "on")
+    kept = float(argv[argv.index("--timeout-keep-alive") + 1])
+    assert kept > settings.PROXY_KEEPALIVE_SECONDS

@@ -209,8 +209,15 @@ ERROR_CASES = [
         {"PROXY_KEEPALIVE_SECONDS": "0"},
         {},
         "supervisor.E006",
-        ["PROXY_KEEPALIVE_SECONDS=0.0", "outside 0.1..3600"],
+        ["PROXY_KEEPALIVE_SECONDS=0.0", "outside 0.1..4.5"],
         id="E006-proxy-keepalive-zero",
+    ),
+    pytest.param(
+        {"PROXY_KEEPALIVE_SECONDS": "5"},
+        {},
+        "supervisor.E006",
+        ["PROXY_KEEPALIVE_SECONDS=5.0", "outside 0.1..4.5"],
+        id="E006-proxy-keepalive-not-below-the-environments",
     ),
     pytest.param(
         {"DEBUG": "maybe"},
