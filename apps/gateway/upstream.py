@@ -25,6 +25,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from apps.observability import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -189,6 +191,7 @@ class Transport(httpx.AsyncHTTPTransport):
             if not _repeatable(request):
                 raise
             log.info("upstream %s closed before answering (%s): sent again", request.url, exc)
+            metrics.proxy_resent()
             return await super().handle_async_request(request)
 
 

@@ -73,6 +73,12 @@ class _Instruments:
             buckets=PROXY_BUCKETS,
             registry=None,
         )
+        self.proxy_resent = Counter(
+            f"{PREFIX}_proxy_resent",
+            "Body-less GET/HEAD/OPTIONS the proxy sent again because a kept connection to an "
+            "environment closed before answering.",
+            registry=None,
+        )
         self.messages_rejected = Counter(
             f"{PREFIX}_messages_rejected",
             "Queue messages refused as malformed or misrouted, by reason.",
@@ -166,6 +172,14 @@ def proxy_request(status: int, seconds: float) -> None:
         _failed("proxy_request")
 
 
+def proxy_resent() -> None:
+    """The proxy sent a request again on a new connection (see gateway.upstream)."""
+    try:
+        _get().proxy_resent.inc()
+    except Exception:
+        _failed("proxy_resent")
+
+
 def message_rejected(reason: str) -> None:
     """A queue message was refused; `reason` is a short token such as "bad_version"."""
     try:
@@ -195,6 +209,7 @@ def scrape_registry() -> CollectorRegistry:
             _instruments.command_seconds,
             _instruments.proxy_requests,
             _instruments.proxy_seconds,
+            _instruments.proxy_resent,
             _instruments.messages_rejected,
         ):
             registry.register(metric)

@@ -149,7 +149,10 @@ class _ClosingServer(_KeepAliveServer):
             writer.close()
 
 
-def test_a_get_whose_kept_connection_closes_under_it_is_sent_again_on_a_new_one():
+def test_a_get_whose_kept_connection_closes_under_it_is_sent_again_on_a_new_one(monkeypatch):
+    resent = []
+    monkeypatch.setattr(upstream.metrics, "proxy_resent", lambda: resent.append(1))
+
     async def scenario() -> None:
         async with _served(4, _ClosingServer) as (server, client, _pool, url):
             for method in ("GET", "GET", "HEAD", "OPTIONS"):
@@ -157,6 +160,7 @@ def test_a_get_whose_kept_connection_closes_under_it_is_sent_again_on_a_new_one(
             assert server.connections == 4  # the 2nd, 3rd and 4th were each sent again
 
     asyncio.run(scenario())
+    assert len(resent) == 3  # counted in /metrics
 
 
 def test_a_request_with_a_body_is_never_sent_twice():

@@ -22,6 +22,13 @@ from apps.supervisor.models import Application, Deployment, Environment
 from bench.common import rss_mib, wrk
 from tests.integration.cluster import wait_until
 from tests.integration.test_multi_environment import create, statuses
+from tests.integration.test_observability import (  # noqa: F401 - fixtures: /metrics readable
+    AUTH,
+    _metrics_token_in_environment,
+    cluster_processes,
+    get,
+)
+from tests.integration.test_observability import samples as metric_samples
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.soak]
 
@@ -65,7 +72,8 @@ def test_200_clients_for_60_seconds_through_the_proxy(cluster):
     last = [rss for t, rss in samples if t >= SECONDS - 10]
     growth = sum(last) / len(last) - sum(warm) / len(warm)
     # Requests the proxy sent again because a kept connection closed under them (upstream.py)
-    resent = cluster.procs["web"].output().count("closed before answering")
+    scraped = metric_samples(get(f"{web}/metrics", **AUTH).text)
+    resent = int(scraped.get(("appsupervisor_proxy_resent_total", ()), 0))
     print(
         f"proxy soak: {result}, sent again {resent}, "
         f"RSS warm {max(warm):.1f} MiB, last {max(last):.1f} MiB"

@@ -83,6 +83,14 @@ def test_proxy_request_counts_by_status_and_observes_latency():
     assert value(after, name, le="0.025") - value(before, name, le="0.025") == 0
 
 
+def test_proxy_resent_counts_requests_sent_again():
+    name = "appsupervisor_proxy_resent_total"
+    before = value(scrape(), name)
+    metrics.proxy_resent()
+    metrics.proxy_resent()
+    assert value(scrape(), name) - before == 2
+
+
 def test_message_rejected_counts_by_reason_and_bounds_the_labels():
     before = scrape()
     metrics.message_rejected("bad_version")
