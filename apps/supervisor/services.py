@@ -299,17 +299,21 @@ def deployment_report(
             ]
         )
         if old != status:
-            StatusChange.objects.create(
-                deployment=deployment,
-                old_status=old,
-                new_status=status,
-                reason=reason[:2000],
-                at=when,
-                command_id=command_id,
-                actor=actor,
-            )
+            _history_add(deployment, old, status, reason, command_id, actor, when)
         live.apps_changed([deployment.application_id])
     return True
+
+
+def _history_add(deployment, old, status, reason, command_id, actor, when) -> None:
+    StatusChange.objects.create(
+        deployment=deployment,
+        old_status=old,
+        new_status=status,
+        reason=reason[:2000],
+        at=when,
+        command_id=command_id,
+        actor=actor,
+    )
 
 
 def _reason_fill(deployment, reason: str, when: datetime) -> None:
@@ -341,15 +345,7 @@ def _history_insert(deployment, status, reason, command_id, actor, when) -> None
             at=when, reason=reason[:2000], command_id=command_id
         )
         return
-    StatusChange.objects.create(
-        deployment=deployment,
-        old_status=then,
-        new_status=status,
-        reason=reason[:2000],
-        at=when,
-        command_id=command_id,
-        actor=actor,
-    )
+    _history_add(deployment, then, status, reason, command_id, actor, when)
     if after is not None and after.old_status != status:
         StatusChange.objects.filter(pk=after.pk).update(old_status=status)
 
