@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are one level up
 
 from supervisor_project.processes import asgi_server_argv, celery_worker_argv  # noqa: E402
-from workers.signing import environment_key  # noqa: E402
+from workers.signing import environment_keys_value  # noqa: E402
 
 PY = sys.executable
 
@@ -117,9 +117,7 @@ def main() -> None:
             "ENVIRONMENT_URL": f"http://127.0.0.1:{ports[env]}",
             "STORAGE_DIR": str(storage / env),
             # What `ENV_FILE=.cluster.env manage.py environment_key <env>` prints.
-            "APP_ENVIRONMENT_KEYS": ",".join(
-                environment_key(secret, env).hex() for secret in message_secrets.split(",")
-            ),
+            "APP_ENVIRONMENT_KEYS": environment_keys_value(message_secrets.split(","), env),
         }
     for role, values in files.items():
         ensure_database(pg_host, pg_port, pg_user, values["DB_DATABASE"])

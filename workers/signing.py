@@ -75,7 +75,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -100,6 +100,12 @@ _HEX_SIG = re.compile(r"^[0-9a-f]{64}$")
 def environment_key(secret: str, environment: str) -> bytes:
     """Environment `environment`'s signing key under master secret `secret`."""
     return hmac.new(secret.encode(), (KEY_CONTEXT + environment).encode(), hashlib.sha256).digest()
+
+
+def environment_keys_value(secrets: Iterable[str], environment: str) -> str:
+    """APP_ENVIRONMENT_KEYS for `environment`: its key under each master secret, in order
+    (what `manage.py environment_key` prints)."""
+    return ",".join(environment_key(secret, environment).hex() for secret in secrets)
 
 
 def canonical(message: dict[str, Any]) -> bytes:

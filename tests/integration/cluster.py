@@ -22,7 +22,7 @@ from django.db import connection
 from django.test import override_settings
 
 from supervisor_project.processes import asgi_server_argv, celery_worker_argv
-from workers.signing import environment_key
+from workers.signing import environment_keys_value
 
 # A log line worth showing from a failed test: JSON lines by level, plain ones by keyword.
 _ALARM = re.compile(r'"level": "(WARNING|ERROR|CRITICAL)"|Traceback|^(WARNING|ERROR|CRITICAL)')
@@ -106,7 +106,7 @@ class Proc:
 
 def environment_keys(name: str, secrets: str = MESSAGE_SECRET) -> str:
     """APP_ENVIRONMENT_KEYS of environment `name` (what `manage.py environment_key` prints)."""
-    return ",".join(environment_key(secret, name).hex() for secret in secrets.split(","))
+    return environment_keys_value(secrets.split(","), name)
 
 
 class Cluster:

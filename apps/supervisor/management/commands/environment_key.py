@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.supervisor.validators import ENV_NAME_RE
-from workers.signing import environment_key
+from workers.signing import environment_keys_value
 
 
 class Command(BaseCommand):
@@ -41,4 +41,4 @@ class Command(BaseCommand):
                 "settings are (e.g. ENV_FILE=.cluster.env)",
                 returncode=2,
             )
-        self.stdout.write(",".join(environment_key(secret, name).hex() for secret in secrets))
+        self.stdout.write(environment_keys_value(secrets, name))
