@@ -31,13 +31,22 @@ Celery p50 2.3 ms / p99 5.3 ms.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 import redis
 
-from bench.common import PY, REDIS_URL, Cluster, Notifier, bench_main, row, say, summary
+from bench.common import (
+    PY,
+    REDIS_URL,
+    Cluster,
+    Notifier,
+    bench_main,
+    row,
+    say,
+    summary,
+    timed_ms,
+)
 
 ISSUE = {"floor_p50": 0.29, "celery_p50": 2.3, "celery_p99": 5.3}
 ENV = "bench_env"
@@ -123,9 +132,7 @@ def run(quick: bool) -> dict[str, Any]:
             cluster.check_alive()
             for name, fn in probes.items():
                 for _ in range(total // chunks):
-                    start = time.perf_counter()
-                    fn()
-                    samples[name].append((time.perf_counter() - start) * 1000)
+                    samples[name].append(timed_ms(fn))
         notifier.close()
 
     stats = {name: summary(values) for name, values in samples.items()}

@@ -472,12 +472,12 @@ class Cluster:
         return port
 
     def start_environment(self, name: str) -> int:
-        from workers.signing import environment_key
+        from workers.signing import environment_keys_value
 
         port = self.ports[name] = free_port()
         env = {
             **self.common,
-            "APP_ENVIRONMENT_KEYS": environment_key(self.message_secret, name).hex(),
+            "APP_ENVIRONMENT_KEYS": environment_keys_value([self.message_secret], name),
             "APP_MODE": "worker",
             "APP_PROCESS_ADAPTER": "local",
             "DB_DIALECT": "sqlite",
@@ -492,8 +492,7 @@ class Cluster:
         self, name: str, app: str, queue: str, *, concurrency: int = 1, extra=()
     ) -> subprocess.Popen:
         """A Celery worker of another Celery app (an anchor), with the project's flags."""
-        argv = celery_worker_argv(queue, f"{self.tag}-{name}@%h", concurrency=concurrency)
-        argv[argv.index("supervisor_project")] = app
+        argv = celery_worker_argv(queue, f"{self.tag}-{name}@%h", concurrency=concurrency, app=app)
         return self.spawn(name, [*argv, *extra], self.common)
 
     def wait_environments(self, names: list[str], timeout: float = 90) -> None:

@@ -28,10 +28,9 @@ from bench.common import (
     wait_http,
     wrk_rounds,
 )
+from supervisor_project.processes import ENVIRONMENT_ASGI_FLAGS
 
 ENV = "route_env"
-# run_environment's uvicorn flags (apps/runtime/management/commands/run_environment.py)
-ENV_ASGI_FLAGS = ("--lifespan", "on", "--no-server-header")
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def run(quick: bool) -> dict[str, Any]:
             check=True,
         )
         plain_port = cluster.start_asgi(
-            "plain", "bench.plain_site.asgi:application", plain_env, *ENV_ASGI_FLAGS
+            "plain", "bench.plain_site.asgi:application", plain_env, *ENVIRONMENT_ASGI_FLAGS
         )
         cluster.wait_environments([ENV])
         wait_http(f"http://{HOST}:{plain_port}/admin/login/")

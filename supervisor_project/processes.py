@@ -12,18 +12,28 @@ import sys
 # explicitly (it is uvicorn's default) so that the proxy's own idle expiry,
 # PROXY_KEEPALIVE_SECONDS, can be held below it by the settings' range check.
 ASGI_KEEPALIVE_SECONDS = 5
+# The flags an environment's uvicorn runs with (run_environment; bench/routing compares a plain
+# Django site served the same way).
+ENVIRONMENT_ASGI_FLAGS = ("--lifespan", "on", "--no-server-header")
 
 
 def celery_worker_argv(
-    queue: str, node: str, *, concurrency: int, beat_schedule: str = "", loglevel: str = "INFO"
+    queue: str,
+    node: str,
+    *,
+    concurrency: int,
+    beat_schedule: str = "",
+    loglevel: str = "INFO",
+    app: str = "supervisor_project",
 ) -> list[str]:
-    """A Celery worker consuming `queue` (with beat when `beat_schedule` names its file)."""
+    """A Celery worker of `app` (the project's by default) consuming `queue` (with beat when
+    `beat_schedule` names its file)."""
     argv = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "supervisor_project",
+        app,
         "worker",
         "-Q",
         queue,

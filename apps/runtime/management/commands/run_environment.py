@@ -28,7 +28,11 @@ from django.db import close_old_connections
 import supervisor_project
 from apps.adapters import transport
 from apps.runtime import hosting
-from supervisor_project.processes import asgi_server_argv, celery_worker_argv
+from supervisor_project.processes import (
+    ENVIRONMENT_ASGI_FLAGS,
+    asgi_server_argv,
+    celery_worker_argv,
+)
 from workers import messages
 from workers.tasks import send_to_supervisor
 
@@ -103,7 +107,7 @@ class Command(BaseCommand):
                 "prefork",
                 "--without-heartbeat",
             ],
-            "web": asgi_server_argv(host, port, "--lifespan", "on", "--no-server-header"),
+            "web": asgi_server_argv(host, port, *ENVIRONMENT_ASGI_FLAGS),
         }
         runner = EnvironmentRunner(
             name=name,
