@@ -25,7 +25,6 @@ from django.views.decorators.http import require_http_methods
 
 from apps.api import permissions
 from apps.gateway import routing
-from apps.runtime.spec import app_name_problem
 from apps.supervisor import selectors, services
 
 
@@ -42,9 +41,7 @@ def start_app(request: HttpRequest, name: str) -> HttpResponse:
             {"denied": True, "name": name[:48], "lacking": lacking or ["staff status"]},
             status=403,
         )
-    application = None
-    if app_name_problem(name) is None:
-        application = selectors.application_list_with_status().filter(name=name).first()
+    application = selectors.application_by_name(name)
     if application is None:
         raise Http404("no such app")
     if request.method == "POST":

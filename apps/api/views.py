@@ -37,7 +37,6 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.api import permissions
 from apps.api import services as api_services
 from apps.gateway import routing
-from apps.runtime.spec import app_name_problem
 from apps.supervisor import selectors, services
 from apps.supervisor.models import Application
 
@@ -276,6 +275,7 @@ def app_json(application: Application, now=None) -> dict[str, Any]:
     """An app as the API shows it (never a password). Reads only prefetched deployments."""
     now = now or timezone.now()
     deployments = list(application.deployments.all())
+    statuses = selectors.application_statuses(application, now)  # one display status each
     return {
         "name": application.name,
         "title": application.title,
@@ -291,12 +291,12 @@ def app_json(application: Application, now=None) -> dict[str, Any]:
         "options": {
             k: ("********" if k in SECRET_OPTIONS else v) for k, v in application.options.items()
         },
-        "environments": [d.environment.name for d in deployments],
-        "statuses": {d.environment.name: selectors.deployment_status(d, now) for d in deployments},
+        "environments": list(statuses),
+        "statuses": statuses,
         "deployments": [
             {
                 "environment": d.environment.name,
-                "status": selectors.deployment_status(d, now),
+                "status": statuses[d.environment.name],
                 "desired": d.desired,
                 "step": d.detail,
                 "error": d.error,
@@ -313,11 +313,10 @@ def app_json(application: Application, now=None) -> dict[str, Any]:
 
 
 def get_app(name: str) -> Application:
-    if app_name_problem(name) is None:
-        application = selectors.application_list_with_status().filter(name=name).first()
-        if application is not None:
-            return application
-    raise ApiError(404, f"no app named {name[:60]!r}")
+    application = selectors.application_by_name(name)
+    if application is None:
+        raise ApiError(404, f"no app named {name[:60]!r}")
+    return application
 
 
 # --- endpoints ---------------------------------------------------------------------------

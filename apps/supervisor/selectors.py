@@ -10,7 +10,7 @@ from django.db.models import Case, CharField, Count, F, Prefetch, Q, QuerySet, V
 from django.utils import timezone
 
 from apps.adapters.base import AppRoute, DeploymentRoute
-from apps.runtime.spec import AppSpec, DbServer, DbSpec
+from apps.runtime.spec import AppSpec, DbServer, DbSpec, app_name_problem
 from apps.supervisor.models import (
     Application,
     DbType,
@@ -60,6 +60,14 @@ def _deployments_prefetch() -> Prefetch:
 
 def application_list_with_status() -> QuerySet[Application]:
     return Application.objects.prefetch_related(_deployments_prefetch())
+
+
+def application_by_name(name: str) -> Application | None:
+    """The app named `name`, its deployments prefetched; None when there is none (or `name`
+    cannot be an app's name: never a query for it)."""
+    if app_name_problem(name) is not None:
+        return None
+    return application_list_with_status().filter(name=name).first()
 
 
 def application_statuses(application: Application, now: datetime | None = None) -> dict[str, str]:

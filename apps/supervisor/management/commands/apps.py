@@ -157,7 +157,7 @@ class Command(BaseCommand):
         return user.get_username()
 
     def _get(self, name: str) -> Application:
-        application = selectors.application_list_with_status().filter(name=name).first()
+        application = selectors.application_by_name(name)
         if application is None:
             raise fail(f"no app named {name!r} (see: manage.py apps list)")
         return application
