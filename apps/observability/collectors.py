@@ -11,16 +11,13 @@ import logging
 from collections.abc import Iterator
 
 from django.conf import settings
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q
+from django.db.models import Count
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 import supervisor_project
 from apps.observability.metrics import PREFIX
 
 log = logging.getLogger("apps.observability")
-
-# Stands in for "a command id" when the derivation only needs to know whether ids match.
-_SOME_ID = object()
 
 
 def _up(collector: str, ok: bool) -> GaugeMetricFamily:
@@ -84,49 +81,9 @@ class SupervisorCollector:
 
     @staticmethod
     def counts() -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        """({(environment, status): n} with every status of every environment, {state: n}).
+        from apps.supervisor.selectors import status_counts
 
-        Two queries whatever the number of apps: the environments, and the deployments
-        grouped by environment, stored status and whether a command is out and answered;
-        the display status is then derived by statuses.display_status, the one place it is.
-        """
-        from django.utils import timezone
-
-        from apps.supervisor.models import Deployment, Environment
-        from apps.supervisor.selectors import environment_state
-        from apps.supervisor.statuses import DISPLAY_STATUSES, STALE, EnvStatus, display_status
-
-        now = timezone.now()
-        states = {
-            env.pk: (env.name, environment_state(env, now)) for env in Environment.objects.all()
-        }
-        rows = (
-            Deployment.objects.order_by()
-            .annotate(
-                commanded=ExpressionWrapper(
-                    Q(command_id__isnull=False), output_field=BooleanField()
-                ),
-                answered=ExpressionWrapper(~Q(command_outcome=""), output_field=BooleanField()),
-            )
-            .values("environment_id", "status", "commanded", "answered")
-            .annotate(n=Count("id"))
-        )
-        apps = {(name, status): 0 for name, _ in states.values() for status in DISPLAY_STATUSES}
-        for row in rows:
-            if row["environment_id"] not in states:
-                continue  # an environment registered after the first query: next scrape
-            name, liveness = states[row["environment_id"]]
-            status = display_status(
-                status=row["status"],
-                command_id=_SOME_ID if row["commanded"] else None,
-                answered=row["answered"],
-                liveness=liveness,
-            )
-            apps[(name, status)] = apps.get((name, status), 0) + row["n"]
-        environments = dict.fromkeys((EnvStatus.ONLINE.value, STALE, EnvStatus.OFFLINE.value), 0)
-        for _, state in states.values():
-            environments[str(state)] = environments.get(str(state), 0) + 1
-        return apps, environments
+        return status_counts()
 
 
 class EnvironmentCollector:

@@ -6,7 +6,14 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import Case, CharField, Count, F, Prefetch, Q, QuerySet, Value, When
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    Prefetch,
+    Q,
+    QuerySet,
+)
 from django.utils import timezone
 
 from apps.adapters.base import AppRoute, DeploymentRoute
@@ -20,9 +27,8 @@ from apps.supervisor.models import (
     StatusChange,
 )
 from apps.supervisor.statuses import (
-    COMMANDING,
-    IN_PROGRESS,
-    UNKNOWN,
+    DISPLAY_STATUSES,
+    STALE,
     EnvStatus,
     display_status,
     environment_liveness,
@@ -165,36 +171,53 @@ def environment_history(name: str) -> QuerySet[EnvironmentEvent]:
     return EnvironmentEvent.objects.filter(environment_name=name)
 
 
-def dashboard(now: datetime | None = None) -> dict:
-    """The admin index's summary, in three queries whatever the number of apps.
+def status_counts(
+    now: datetime | None = None,
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """({(environment, display status): n} with every status of every environment,
+    {liveness: n}).
 
-    Deployments are counted by display status in SQL with the same rules as
-    deployment_status: unknown on an offline environment, commanding while a command waits
-    for its first report.
+    Two queries whatever the number of apps: the environments, and the deployments grouped
+    by environment, stored status and whether a command is out and answered; the display
+    status is then derived by statuses.display_status, the one place it is.
     """
     now = now or timezone.now()
-    environments = {"online": 0, "stale": 0, "offline": 0}
-    offline = []
-    for environment in Environment.objects.only(
-        "pk", "name", "status", "last_heartbeat_at", "heartbeat_interval"
-    ):
-        state = environment_state(environment, now)
-        environments[state] = environments.get(state, 0) + 1
-        if state == EnvStatus.OFFLINE:
-            offline.append(environment.pk)
-    waiting = Q(command_id__isnull=False) & Q(command_outcome="") & ~Q(status__in=IN_PROGRESS)
-    shown = Case(
-        When(environment_id__in=offline, then=Value(UNKNOWN)),
-        When(waiting, then=Value(COMMANDING)),
-        default=F("status"),
-        output_field=CharField(),
+    states = {env.pk: (env.name, environment_state(env, now)) for env in Environment.objects.all()}
+    rows = (
+        Deployment.objects.order_by()
+        .annotate(
+            commanded=ExpressionWrapper(Q(command_id__isnull=False), output_field=BooleanField()),
+            answered=ExpressionWrapper(~Q(command_outcome=""), output_field=BooleanField()),
+        )
+        .values("environment_id", "status", "commanded", "answered")
+        .annotate(n=Count("id"))
     )
-    apps = dict(
-        Deployment.objects.annotate(shown=shown)
-        .values_list("shown")
-        .annotate(n=Count("pk"))
-        .values_list("shown", "n")
-    )
+    apps = {(name, status): 0 for name, _ in states.values() for status in DISPLAY_STATUSES}
+    for row in rows:
+        if row["environment_id"] not in states:
+            continue  # an environment registered after the first query: counted next time
+        name, liveness = states[row["environment_id"]]
+        status = display_status(
+            status=row["status"],
+            command_id=row["commanded"],  # only whether one is out matters here
+            answered=row["answered"],
+            liveness=liveness,
+        )
+        apps[(name, status)] = apps.get((name, status), 0) + row["n"]
+    environments = dict.fromkeys((EnvStatus.ONLINE.value, STALE, EnvStatus.OFFLINE.value), 0)
+    for _, state in states.values():
+        environments[str(state)] = environments.get(str(state), 0) + 1
+    return apps, environments
+
+
+def dashboard(now: datetime | None = None) -> dict:
+    """The admin index's summary, in a constant number of queries whatever the number of
+    apps: status_counts summed over environments, the last errors, the number of apps."""
+    per_environment, environments = status_counts(now)
+    apps: dict[str, int] = {}
+    for (_, status), n in per_environment.items():
+        if n:
+            apps[status] = apps.get(status, 0) + n
     errors = StatusChange.objects.filter(new_status="error").select_related(
         "deployment__application", "deployment__environment"
     )[:10]
