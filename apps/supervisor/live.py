@@ -35,7 +35,6 @@ from apps.supervisor.statuses import AppStatus, Desired
 log = logging.getLogger(__name__)
 
 GROUP = "supervisor.live"
-PATH = "/admin/live/"
 FLUSH_SECONDS = 0.1
 CHUNK = 500  # items per group message
 MAX_SUBSCRIBE = 5000

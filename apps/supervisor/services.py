@@ -249,6 +249,13 @@ def deployment_report(
         if deployment is None:
             return False
         actor = (actor or deployment.command_actor)[:150]
+        # The final answer to the command this deployment waits on (once: the first wins).
+        answers = (
+            status in FINAL
+            and command_id is not None
+            and str(command_id) == str(deployment.command_id)
+            and not deployment.command_outcome
+        )
         if deployment.reported_at is not None and at <= deployment.reported_at:
             # Older than what is stored: the current state stays, the step joins the history;
             # but it may still be the current command's answer (a beat told its state first).
@@ -257,21 +264,10 @@ def deployment_report(
                 _reason_fill(deployment, reason, when)
             else:
                 _history_insert(deployment, status, reason, command_id, actor, when)
-            if (
-                status in FINAL
-                and command_id is not None
-                and str(command_id) == str(deployment.command_id)
-                and not deployment.command_outcome
-            ):
+            if answers:
                 Deployment.objects.filter(pk=deployment.pk).update(command_outcome=status)
             return False
         old = deployment.status
-        answers = (
-            status in FINAL
-            and command_id is not None
-            and str(command_id) == str(deployment.command_id)
-            and not deployment.command_outcome
-        )
         if answers and deployment.command_sent_at is not None:  # its latency
             metrics.command_finished(
                 deployment.command_action or "unknown",
@@ -626,13 +622,11 @@ def start_queues_resume() -> int:
     advance failed. Periodic (beat); safe beside the normal path (dispatch is claimed)."""
     waiting = (
         Deployment.objects.filter(
+            _start_in_flight(),
             desired=Desired.RUNNING,
-            command_action="start",
-            command_id__isnull=False,
             # Index on command_sent_at: also read by commands_expire.
             command_sent_at__isnull=True,
         )
-        .filter(command_outcome="")  # not answered yet
         .order_by()  # the model's ordering would make DISTINCT per deployment
         .values_list("application_id", flat=True)
         .distinct()
