@@ -170,6 +170,8 @@ class Transport(httpx.AsyncHTTPTransport):
     def __init__(self, limits: httpx.Limits) -> None:
         super().__init__(limits=limits, trust_env=False)
         self._pool = _Pool(
+            # httpx's context, made once (without it httpcore builds one per TLS connection)
+            ssl_context=self._pool._ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
