@@ -52,8 +52,10 @@ class SupervisorCollector:
         yield _info()
 
     def collect(self) -> Iterator[Metric]:
+        from apps.supervisor.selectors import status_counts
+
         try:
-            apps, environments = self.counts()
+            apps, environments = status_counts()
         except Exception:
             log.exception("metrics: could not read the supervisor database")
             yield _up("supervisor", False)
@@ -78,12 +80,6 @@ class SupervisorCollector:
         yield envs
         yield _up("supervisor", True)
         yield _info()
-
-    @staticmethod
-    def counts() -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        from apps.supervisor.selectors import status_counts
-
-        return status_counts()
 
 
 class EnvironmentCollector:
