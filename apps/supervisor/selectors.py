@@ -49,7 +49,7 @@ def deployment_status(deployment: Deployment, now: datetime | None = None) -> st
     """The one place an app's display status on an environment is derived."""
     return display_status(
         status=deployment.status,
-        command_id=deployment.command_id,
+        commanded=deployment.command_id is not None,
         answered=bool(deployment.command_outcome),
         liveness=environment_state(deployment.environment, now),
     )
@@ -202,7 +202,7 @@ def status_counts(
         name, liveness = states[row["environment_id"]]
         status = display_status(
             status=row["status"],
-            command_id=row["commanded"],  # only whether one is out matters here
+            commanded=row["commanded"],
             answered=row["answered"],
             liveness=liveness,
         )

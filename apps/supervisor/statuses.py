@@ -68,10 +68,10 @@ def environment_liveness(
     return EnvStatus.ONLINE
 
 
-def display_status(*, status: str, command_id: object, answered: bool, liveness: str) -> str:
+def display_status(*, status: str, commanded: bool, answered: bool, liveness: str) -> str:
     """The status an operator sees for an app on one environment."""
     if liveness == EnvStatus.OFFLINE:
         return UNKNOWN
-    if command_id and not answered and status not in IN_PROGRESS:
+    if commanded and not answered and status not in IN_PROGRESS:
         return COMMANDING
     return status
